@@ -1,0 +1,286 @@
+"""The typed, immutable pipeline: what `config.py` builds and every other module reads.
+
+Nothing after `config.py` sees a YAML dict; it sees these frozen dataclasses.
+Secrets are held as `Secret` (repr `'***'`), expressions as `Expr` (compiled
+once at load). Defaults here are the documented defaults of the language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, Union
+
+from jmespath.parser import ParsedResult
+
+from runner import functions
+
+
+class Secret:
+    """A credential; its repr and str are '***' so it never leaks through formatting."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Expr:
+    """A JMESPath expression compiled at load; `key` is where it stands in the file."""
+
+    text: str
+    parsed: ParsedResult = field(repr=False, compare=False)
+    key: str = ""
+
+    def search(self, data: Any) -> Any:
+        return self.parsed.search(data, options=functions.OPTIONS)
+
+
+def frozen_map(values: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(values or {}))
+
+
+
+
+# --- HTTP behaviour shared by the source and the http target -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    connect: float = 5.0
+    read: float = 30.0
+    write: float = 30.0
+    pool: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    max_attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    max_elapsed: float = 300.0
+    also_on: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests_per_second: float
+
+
+@dataclass(frozen=True, slots=True)
+class BearerAuth:
+    token: Secret
+    type: Literal["bearer"] = "bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    username: str
+    password: Secret
+    type: Literal["basic"] = "basic"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyAuth:
+    name: str
+    value: Secret
+    location: Literal["header", "query"] = "header"  # the file's key is `in`
+    type: Literal["api_key"] = "api_key"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2ClientCredentials:
+    token_url: str
+    client_id: str
+    client_secret: Secret
+    scopes: tuple[str, ...] = ()
+    type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
+
+
+Auth = Union[BearerAuth, BasicAuth, ApiKeyAuth, OAuth2ClientCredentials]
+
+
+# --- source --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NoPagination:
+    type: Literal["none"] = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class NextUrlPagination:
+    path: Expr
+    type: Literal["next_url"] = "next_url"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkHeaderPagination:
+    type: Literal["link_header"] = "link_header"
+
+
+@dataclass(frozen=True, slots=True)
+class CursorPagination:
+    path: Expr
+    param: str
+    stop_when: Expr | None = None
+    type: Literal["cursor"] = "cursor"
+
+
+@dataclass(frozen=True, slots=True)
+class PagePagination:
+    param: str = "page"
+    start: int = 1
+    size_param: str | None = None
+    size: int | None = None
+    total_pages: Expr | None = None
+    type: Literal["page"] = "page"
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetPagination:
+    limit: int
+    param: str = "offset"
+    limit_param: str = "limit"
+    total: Expr | None = None
+    type: Literal["offset"] = "offset"
+
+
+Pagination = Union[
+    NoPagination,
+    NextUrlPagination,
+    LinkHeaderPagination,
+    CursorPagination,
+    PagePagination,
+    OffsetPagination,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard stops every run has; reaching one ends paging with a warning, not an error."""
+
+    max_pages: int = 100_000
+    max_items: int = 10_000_000
+    max_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Incremental:
+    cursor_field: Expr
+    param: str
+    initial_value: str | int | float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    params: Mapping[str, Any] = field(default_factory=frozen_map)
+    headers: Mapping[str, str] = field(default_factory=frozen_map)
+    json: Any = None
+    auth: Auth | None = None
+    records: Expr | None = None  # None means '@'
+    pagination: Pagination = NoPagination()
+    timeout: Timeout = Timeout()
+    retry: Retry = Retry()
+    rate_limit: RateLimit | None = None
+    limits: Limits = Limits()
+    incremental: Incremental | None = None
+    concurrency: int = 4  # pages in flight for `page` and `offset`
+    max_response_bytes: int = 50 * 1024 * 1024
+
+
+# --- mapping -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSpec:
+    external_id: Expr
+    fields: tuple[tuple[str, Expr], ...]
+    filter: Expr | None = None
+
+
+# --- targets -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteTarget:
+    path: Path
+    table: str
+    type: Literal["sqlite"] = "sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresTarget:
+    dsn: Secret
+    table: str
+    schema: str | None = None
+    type: Literal["postgres"] = "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonlTarget:
+    path: str  # '-' is stdout
+    type: Literal["jsonl"] = "jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOperation:
+    method: str
+    path: str
+    id_path: Expr | None = None  # `create` only
+
+
+@dataclass(frozen=True, slots=True)
+class HttpTarget:
+    base_url: str
+    upsert: HttpOperation | None = None
+    create: HttpOperation | None = None
+    update: HttpOperation | None = None
+    auth: Auth | None = None
+    headers: Mapping[str, str] = field(default_factory=frozen_map)
+    timeout: Timeout = Timeout()
+    retry: Retry = Retry()
+    rate_limit: RateLimit | None = None
+    idempotency_key: bool = True
+    type: Literal["http"] = "http"
+
+
+Target = Union[SqliteTarget, PostgresTarget, JsonlTarget, HttpTarget]
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    path: Path = Path(".etl/state.db")
+    dsn: Secret | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    source: Source
+    mapping: MappingSpec
+    target: Target
+    state: StateConfig = StateConfig()
+    description: str = ""
+    file: str = ""
+    # every secret value of the file (auth credentials, env values used in auth, DSNs):
+    # the log filter and the error path scrub them
+    secrets: frozenset[str] = frozenset()
