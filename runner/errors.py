@@ -84,10 +84,12 @@ class FetchError(EtlError):
         method: str = "",
         path: str = "",
         status: int | None = None,
+        detail: str = "",
     ) -> None:
         self.method = method
         self.path = path
         self.status = status
+        self.detail = detail  # a short, redacted excerpt of the response body
         where = f"{method} {path}".strip()
         super().__init__(f"{where}: {message}" if where else message)
 
