@@ -1,13 +1,92 @@
-"""JMESPath functions of our own, registered once; every Expr searches with OPTIONS."""
+"""JMESPath functions of our own, registered once; every Expr searches with OPTIONS.
+
+String helpers take null and give null, so an absent field maps to null
+instead of failing the record. Dates are ISO-8601 strings or epoch seconds.
+
+    lower(s)  upper(s)  trim(s)  split(s, sep)  replace(s, old, new)
+    to_iso(date)              -> ISO-8601 in UTC, e.g. 2024-05-01T08:00:00Z
+    format_date(date, fmt)    -> strftime(fmt) of the instant in UTC
+    to_epoch(date)            -> seconds since 1970 (number)
+    from_epoch(seconds)       -> ISO-8601 in UTC
+    now()                     -> the current instant, ISO-8601 in UTC
+    coalesce(a, b, ...)       -> the first argument that is not null
+"""
 
 from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
 
 import jmespath
 from jmespath import functions as jp
 
+from runner.timeparse import parse_instant
+
+_STR = {"types": ["string", "null"]}
+_DATE = {"types": ["string", "number", "null"]}
+
+
+def _instant(value: Any) -> datetime:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    parsed = parse_instant(value)
+    if parsed is None:
+        raise ValueError(f"not an ISO-8601 date or time: {value!r}")
+    return parsed.astimezone(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    text = moment.astimezone(timezone.utc).isoformat()
+    return text.replace("+00:00", "Z")
+
 
 class EtlFunctions(jp.Functions):
-    """Placeholder set; the mapping issue fills it in."""
+    @jp.signature(_STR)
+    def _func_lower(self, s: str | None) -> str | None:
+        return None if s is None else s.lower()
+
+    @jp.signature(_STR)
+    def _func_upper(self, s: str | None) -> str | None:
+        return None if s is None else s.upper()
+
+    @jp.signature(_STR)
+    def _func_trim(self, s: str | None) -> str | None:
+        return None if s is None else s.strip()
+
+    @jp.signature(_STR, {"types": ["string"]})
+    def _func_split(self, s: str | None, sep: str) -> list[str] | None:
+        return None if s is None else s.split(sep)
+
+    @jp.signature(_STR, {"types": ["string"]}, {"types": ["string"]})
+    def _func_replace(self, s: str | None, old: str, new: str) -> str | None:
+        return None if s is None else s.replace(old, new)
+
+    @jp.signature(_DATE)
+    def _func_to_iso(self, value: Any) -> str | None:
+        return None if value is None else _iso(_instant(value))
+
+    @jp.signature(_DATE, {"types": ["string"]})
+    def _func_format_date(self, value: Any, fmt: str) -> str | None:
+        return None if value is None else _instant(value).strftime(fmt)
+
+    @jp.signature(_DATE)
+    def _func_to_epoch(self, value: Any) -> float | int | None:
+        if value is None:
+            return None
+        seconds = _instant(value).timestamp()
+        return int(seconds) if seconds.is_integer() else seconds
+
+    @jp.signature({"types": ["number", "null"]})
+    def _func_from_epoch(self, value: float | None) -> str | None:
+        return None if value is None else _iso(_instant(value))
+
+    @jp.signature()
+    def _func_now(self) -> str:
+        return _iso(datetime.now(timezone.utc))
+
+    @jp.signature({"types": [], "variadic": True})
+    def _func_coalesce(self, *values: Any) -> Any:
+        return next((v for v in values if v is not None), None)
 
 
 OPTIONS = jmespath.Options(custom_functions=EtlFunctions())

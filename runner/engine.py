@@ -1,0 +1,363 @@
+"""run(): fetch -> map -> upsert -> checkpoint, page by page, and the counts.
+
+Per page: map its records, look up their state in one query, write the
+changes to the target in one commit, then commit hashes, failures and the
+checkpoint to the state store in one transaction. State moves only after the
+data is committed, so a replayed page is harmless: upserts are idempotent and
+unchanged records are skipped by hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
+
+import httpx
+
+from runner import log
+from runner.client import HttpClient
+from runner.config import load_pipeline
+from runner.errors import EtlError, Interrupted
+from runner.incremental import Watermark
+from runner.mapping import Failed, Mapped, map_record
+from runner.model import Pipeline
+from runner.pagination import PageRequest
+from runner.source import Page, SourceReader
+from runner.state import FailedRecord, RunRecord, StateStore, open_store
+from runner.state.base import PageCommit
+from runner.targets import Target, Write, dry_run_target, open_target
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[["Counts", int, float], None]
+
+
+class StopFlag(threading.Event):
+    """Set by a signal handler; the engine stops after committing the page in hand."""
+
+    reason = "SIGINT"
+
+    def stop(self, reason: str) -> None:
+        self.reason = reason
+        self.set()
+
+
+@dataclass(slots=True)
+class Counts:
+    processed: int = 0
+    created: int = 0
+    updated: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a run did; `exit_code` is what `etl run` exits with."""
+
+    run_id: str
+    pipeline: str
+    status: str  # success | partial | failed | interrupted
+    counts: Counts
+    pages: int = 0
+    requests: int = 0
+    retries: int = 0
+    elapsed_ms: int = 0
+    stopped_by: str | None = None
+    dry_run: bool = False
+    resumed: bool = False
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"success": 0, "partial": 3, "failed": 1, "interrupted": 130}[self.status]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k != "counts"}
+        return {**data, **asdict(self.counts)}
+
+
+@dataclass(slots=True)
+class _Checkpoint:
+    next: PageRequest
+    pages: int
+    watermark: Any = None
+
+    def dumps(self) -> str:
+        return json.dumps({"next": self.next.to_json(), "pages": self.pages, "watermark": self.watermark})
+
+    @classmethod
+    def loads(cls, text: str) -> _Checkpoint:
+        data = json.loads(text)
+        return cls(PageRequest.from_json(data["next"]), data["pages"], data.get("watermark"))
+
+
+@dataclass(slots=True)
+class _Run:
+    """The mutable bookkeeping of one run; only the engine touches it."""
+
+    pipeline: Pipeline
+    store: StateStore
+    target: Target
+    run_id: str
+    counts: Counts = field(default_factory=Counts)
+    watermark: Watermark | None = None
+    first_failed: Watermark | None = None  # the earliest cursor value among failed records
+    pages: int = 0
+
+
+def run(
+    pipeline: Pipeline | str | Path,
+    *,
+    dry_run: bool = False,
+    full_refresh: bool = False,
+    restart: bool = False,
+    env: Mapping[str, str] | None = None,
+    env_file: str | Path | None = None,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    stdout: IO[str] | None = None,
+    stop: StopFlag | None = None,
+    on_progress: Progress | None = None,
+) -> RunResult:
+    """Run one pipeline; return its RunResult, or raise EtlError (with `.result`) when it fails.
+
+    `transport` and `sleep` are seams for tests (no real network, no real waiting).
+    `stop` is set by a signal handler to end the run after the page in hand.
+    """
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
+    log.add_secrets(pipeline.secrets)
+    run_id = uuid.uuid4().hex[:12]
+    with log.run_context(run_id=run_id, pipeline=pipeline.name):
+        store = open_store(pipeline.state, read_only=dry_run)
+        try:
+            with store.lock(pipeline.name, run_id):
+                return _locked_run(
+                    pipeline, store, run_id,
+                    dry_run=dry_run, full_refresh=full_refresh, restart=restart,
+                    transport=transport, sleep=sleep, stdout=stdout or sys.stdout,
+                    stop=stop or StopFlag(), on_progress=on_progress,
+                )
+        finally:
+            store.close()
+
+
+def _locked_run(
+    pipeline: Pipeline, store: StateStore, run_id: str, *, dry_run: bool, full_refresh: bool,
+    restart: bool, transport: httpx.BaseTransport | None, sleep: Callable[[float], None],
+    stdout: IO[str], stop: StopFlag, on_progress: Progress | None,
+) -> RunResult:
+    started = time.monotonic()
+    checkpoint = None if (restart or full_refresh) else _load_checkpoint(store, pipeline.name)
+    source = pipeline.source
+    client = HttpClient(
+        timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
+        headers=source.headers, max_response_bytes=source.max_response_bytes,
+        transport=transport, sleep=sleep,
+    )
+    record = RunRecord(run_id=run_id, started_at=_now())
+    state: _Run | None = None
+    reader: SourceReader | None = None
+    error: EtlError | None = None
+    try:
+        target = dry_run_target(stdout) if dry_run else _open_target(pipeline, transport, sleep)
+        state = _Run(pipeline, store, target, run_id)
+        params = _base_params(pipeline, store, full_refresh)
+        state.watermark = _tracker(pipeline, checkpoint)
+        if checkpoint is not None:
+            state.pages = checkpoint.pages
+            log.event(logger, "run.resumed", level=logging.WARNING, from_page=checkpoint.pages + 1)
+        store.start_run(pipeline.name, record)
+        reader = SourceReader(
+            source=source, send=client.send, params=params,
+            start=checkpoint.next if checkpoint else None,
+        )
+        try:
+            for page in reader.pages():
+                _commit_page(state, page)
+                if on_progress is not None:
+                    on_progress(state.counts, state.pages, time.monotonic() - started)
+                if stop.is_set():
+                    raise Interrupted(stop.reason)
+        finally:
+            target.close()
+    except EtlError as exc:
+        error = exc
+    finally:
+        client.close()
+    return _finish(
+        pipeline, store, record, state, reader, client, error,
+        dry_run=dry_run, resumed=checkpoint is not None, started=started,
+    )
+
+
+def _open_target(pipeline: Pipeline, transport: httpx.BaseTransport | None, sleep: Callable[[float], None]) -> Target:
+    fields = [name for name, _ in pipeline.mapping.fields]
+    return open_target(pipeline.target, fields=fields, pipeline=pipeline.name, transport=transport, sleep=sleep)
+
+
+def _load_checkpoint(store: StateStore, name: str) -> _Checkpoint | None:
+    text = store.checkpoint(name)
+    return None if text is None else _Checkpoint.loads(text)
+
+
+def _base_params(pipeline: Pipeline, store: StateStore, full_refresh: bool) -> dict[str, Any]:
+    """The source's params, plus the saved watermark (or initial value) as the incremental param."""
+    params = dict(pipeline.source.params)
+    incremental = pipeline.source.incremental
+    if incremental is not None:
+        value = None if full_refresh else store.watermark(pipeline.name)
+        if value is None:
+            value = incremental.initial_value
+        if value is not None:
+            params[incremental.param] = value
+    return params
+
+
+def _tracker(pipeline: Pipeline, checkpoint: _Checkpoint | None) -> Watermark | None:
+    if pipeline.source.incremental is None:
+        return None
+    tracker = Watermark()
+    if checkpoint is not None and checkpoint.watermark is not None:
+        tracker.observe(checkpoint.watermark)
+    return tracker
+
+
+def _commit_page(run: _Run, page: Page) -> None:
+    """Map, diff against state, write, then commit state: the heart of every run."""
+    pipeline, counts = run.pipeline, run.counts
+    mapped: dict[str, Mapped] = {}
+    failed: list[FailedRecord] = []
+    for raw in page.records:
+        counts.processed += 1
+        _observe_cursor(run, raw)
+        outcome = map_record(pipeline.mapping, raw)
+        if outcome is None:
+            counts.skipped += 1
+        elif isinstance(outcome, Failed):
+            failed.append(FailedRecord(outcome.external_id, raw, log.redact(outcome.error)))
+            _observe_failed(run, raw)
+        else:
+            if outcome.external_id in mapped:
+                counts.skipped += 1  # the same key twice in one page: the last one wins
+            mapped[outcome.external_id] = outcome
+    known = run.store.key_states(pipeline.name, list(mapped))
+    writes = []
+    for key, item in mapped.items():
+        state = known.get(key)
+        if state is not None and state.hash == item.hash:
+            counts.skipped += 1
+            continue
+        op = "create" if state is None else "update"
+        writes.append(Write(op, key, item.record, None if state is None else state.target_id))
+    result = run.target.write(writes) if writes else None
+    hashes, succeeded = [], []
+    for write in writes:
+        error = result.errors.get(write.external_id) if result else None
+        if error is not None:
+            failed.append(FailedRecord(write.external_id, write.record, log.redact(error)))
+            continue
+        setattr(counts, write.op + "d", getattr(counts, write.op + "d") + 1)
+        target_id = result.target_ids.get(write.external_id) if result else None
+        hashes.append((write.external_id, mapped[write.external_id].hash, target_id))
+        succeeded.append(write.external_id)
+    counts.failed += len(failed)
+    run.pages += 1
+    checkpoint = None
+    if page.next is not None:
+        mark = run.watermark.value if run.watermark else None
+        checkpoint = _Checkpoint(page.next, run.pages, mark).dumps()
+    run.store.commit_page(pipeline.name, PageCommit(hashes, failed, succeeded, checkpoint))
+    log.event(
+        logger, "page.committed", level=logging.DEBUG, page=run.pages, records=len(page.records),
+        writes=len(writes), failed=len(failed),
+    )
+
+
+def _observe_cursor(run: _Run, raw: Any) -> None:
+    incremental = run.pipeline.source.incremental
+    if run.watermark is not None and incremental is not None:
+        value = _cursor_value(incremental.cursor_field, raw)
+        if value is not None:
+            run.watermark.observe(value)
+
+
+def _observe_failed(run: _Run, raw: Any) -> None:
+    """Remember the smallest cursor among failed records: the watermark must not pass it."""
+    incremental = run.pipeline.source.incremental
+    if incremental is None:
+        return
+    value = _cursor_value(incremental.cursor_field, raw)
+    if value is not None:
+        if run.first_failed is None:
+            run.first_failed = Watermark(lowest=True)
+        run.first_failed.observe(value)
+
+
+def _cursor_value(expr: Any, raw: Any) -> Any:
+    try:
+        return expr.search(raw)
+    except Exception:  # noqa: BLE001 - a record whose cursor cannot be read does not move it
+        return None
+
+
+def _finish(
+    pipeline: Pipeline, store: StateStore, record: RunRecord, state: _Run | None,
+    reader: SourceReader | None, client: HttpClient, error: EtlError | None, *,
+    dry_run: bool, resumed: bool, started: float,
+) -> RunResult:
+    counts = state.counts if state else Counts()
+    status = _status(error, counts)
+    result = RunResult(
+        run_id=record.run_id, pipeline=pipeline.name, status=status, counts=counts,
+        pages=state.pages if state else 0, requests=client.requests, retries=client.retries,
+        elapsed_ms=int((time.monotonic() - started) * 1000),
+        stopped_by=reader.stopped_by if reader else None, dry_run=dry_run, resumed=resumed,
+        error=log.redact(str(error)) if error else None,
+    )
+    record.status, record.finished_at = status, _now()
+    record.counts = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline", "status")}
+    done = status in ("success", "partial")
+    store.finish_run(
+        pipeline.name, record,
+        watermark=_new_watermark(state) if done else None, clear_checkpoint=done,
+    )
+    fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
+    level = logging.INFO if done else logging.ERROR
+    log.event(logger, "run.summary", level=level, **fields)
+    if error is not None:
+        if isinstance(error, Interrupted) is False and status == "interrupted":
+            error = Interrupted()
+        error.result = result  # type: ignore[attr-defined]
+        raise error
+    return result
+
+
+def _new_watermark(state: _Run | None) -> Any:
+    """The greatest cursor value seen, held back to the earliest failed record's value."""
+    if state is None or state.watermark is None:
+        return None
+    if state.first_failed is not None and state.first_failed.value is not None:
+        return state.watermark.lesser(state.first_failed.value)
+    return state.watermark.value
+
+
+def _status(error: EtlError | None, counts: Counts) -> str:
+    if isinstance(error, Interrupted):
+        return "interrupted"
+    if error is not None:
+        return "failed"
+    return "partial" if counts.failed else "success"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

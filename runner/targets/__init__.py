@@ -1,0 +1,39 @@
+"""Targets: one module per type behind the Target protocol; `open_target` picks one."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from runner.model import HttpTarget, JsonlTarget, PostgresTarget, SqliteTarget, Target as TargetConfig
+from runner.targets.base import Target, Write, WriteResult
+
+
+def open_target(config: TargetConfig, *, fields: list[str], **kwargs: Any) -> Target:
+    """Open (and prepare: table, columns) the configured target."""
+    if isinstance(config, SqliteTarget):
+        from runner.targets.sqlite import SqliteTargetWriter
+
+        return SqliteTargetWriter(config, fields=fields)
+    if isinstance(config, JsonlTarget):
+        from runner.targets.jsonl import JsonlWriter
+
+        return JsonlWriter.for_path(config.path)
+    if isinstance(config, PostgresTarget):
+        from runner.targets.postgres import PostgresTargetWriter
+
+        return PostgresTargetWriter(config, fields=fields)
+    if isinstance(config, HttpTarget):
+        from runner.targets.http import HttpTargetWriter
+
+        return HttpTargetWriter(config, **kwargs)
+    raise TypeError(f"unknown target {config!r}")
+
+
+def dry_run_target(stream: IO[str]) -> Target:
+    """The dry-run target: prints each intended write as the jsonl target would write it."""
+    from runner.targets.jsonl import JsonlWriter
+
+    return JsonlWriter(stream, close_stream=False)
+
+
+__all__ = ["Target", "Write", "WriteResult", "dry_run_target", "open_target"]

@@ -1,0 +1,46 @@
+"""The jsonl target (and the dry-run printer): one line per create or update."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import IO, Sequence
+
+from runner.errors import TargetError
+from runner.targets.base import Write, WriteResult
+
+
+def write_line(write: Write) -> str:
+    line = {"op": write.op, "external_id": write.external_id, "record": write.record}
+    return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+class JsonlWriter:
+    """Appends `{"op", "external_id", "record"}` lines to a file or stdout; flushes per page."""
+
+    def __init__(self, stream: IO[str], *, close_stream: bool) -> None:
+        self._stream = stream
+        self._close_stream = close_stream
+
+    @classmethod
+    def for_path(cls, path: str) -> JsonlWriter:
+        if path == "-":
+            return cls(sys.stdout, close_stream=False)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return cls(open(path, "a", encoding="utf-8"), close_stream=True)
+        except OSError as exc:
+            raise TargetError(f"jsonl target {path}: cannot open: {exc.strerror}") from exc
+
+    def write(self, writes: Sequence[Write]) -> WriteResult:
+        try:
+            self._stream.write("".join(write_line(w) for w in writes))
+            self._stream.flush()
+        except OSError as exc:
+            raise TargetError(f"jsonl target: write failed: {exc.strerror}") from exc
+        return WriteResult()
+
+    def close(self) -> None:
+        if self._close_stream:
+            self._stream.close()
