@@ -1,0 +1,30 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both build a virtual environment in .venv with a real (non-editable) install.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet ".[test]"
+
+# Starts the shipped demo API on 127.0.0.1, runs pipelines/demo.yaml into SQLite, shows rows.
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" sh scripts/demo.sh
+
+# Installs the package with its test extras, validates the examples, runs the whole suite
+# (pytest's console script does not put the source tree on sys.path: the installed package is tested).
+test: install-test
+	$(BIN)/etl validate pipelines/
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .etl data

@@ -1,0 +1,110 @@
+"""Tests of runner.mapping and the JMESPath functions of runner.functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jmespath
+import pytest
+
+from runner.mapping import Failed, Mapped, content_hash, key_string, map_record
+from runner.model import Expr, MappingSpec
+
+
+def expr(text: str) -> Expr:
+    return Expr(text, jmespath.compile(text))
+
+
+def spec(external_id: str = "to_string(id)", filter: str | None = None, **fields: str) -> MappingSpec:
+    return MappingSpec(
+        external_id=expr(external_id),
+        fields=tuple((name, expr(text)) for name, text in fields.items()),
+        filter=expr(filter) if filter else None,
+    )
+
+
+def test_nested_paths_and_lists_map_to_their_json_values() -> None:
+    """Nested keys, list projections and objects come through with their JSON types."""
+    raw = {"id": 7, "user": {"login": "ada"}, "labels": [{"name": "bug"}, {"name": "ui"}], "meta": {"a": 1}}
+    out = map_record(spec(author="user.login", labels="labels[].name", meta="meta", missing="nope"), raw)
+    assert isinstance(out, Mapped)
+    assert out.external_id == "7"
+    assert out.record == {"author": "ada", "labels": ["bug", "ui"], "meta": {"a": 1}, "missing": None}
+
+
+def test_filter_falsy_skips_and_zero_is_truthy() -> None:
+    """A falsy filter result skips the record; 0 is truthy in JMESPath and keeps it."""
+    s = spec(filter="keep", n="n")
+    assert map_record(s, {"id": 1, "keep": False}) is None
+    assert map_record(s, {"id": 1, "keep": []}) is None
+    assert map_record(s, {"id": 1}) is None
+    assert isinstance(map_record(s, {"id": 1, "keep": 0}), Mapped)
+
+
+@pytest.mark.parametrize("raw", [{"id": None}, {}, {"id": ""}])
+def test_null_key_fails_with_reason(raw: dict[str, Any]) -> None:
+    """A record whose external_id is null or empty fails and says which expression."""
+    out = map_record(spec(external_id="id", x="x"), raw)
+    assert isinstance(out, Failed)
+    assert out.external_id is None and "external_id (id) is null" in out.error
+    assert out.raw == raw
+
+
+def test_runtime_expression_error_fails_the_record_only() -> None:
+    """A type error inside an expression fails that record, keeping its key when readable."""
+    out = map_record(spec(n="abs(name)"), {"id": 3, "name": "x"})
+    assert isinstance(out, Failed)
+    assert out.external_id == "3"
+    assert "JMESPathTypeError" in out.error or "invalid type" in out.error
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("abc", "abc"), (12, "12"), (12.0, "12"), (1.5, "1.5"), (True, "true"), ([1, 2], "[1,2]"), (None, None), ("", None)],
+)
+def test_key_string(value: Any, expected: str | None) -> None:
+    """The external_id is made a string: strings kept, others as compact JSON."""
+    assert key_string(value) == expected
+
+
+def test_hash_is_stable_and_sees_field_names() -> None:
+    """The content hash ignores key order but changes when a field is added or renamed."""
+    assert content_hash({"a": 1, "b": 2}) == content_hash({"b": 2, "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 1, "c": None})
+    assert content_hash({"a": 1}) != content_hash({"b": 1})
+    assert content_hash({"a": "1"}) != content_hash({"a": 1})
+
+
+@pytest.mark.parametrize(
+    "expression,data,expected",
+    [
+        ("lower(s)", {"s": "AbC"}, "abc"),
+        ("upper(s)", {"s": "AbC"}, "ABC"),
+        ("trim(s)", {"s": "  x \n"}, "x"),
+        ("split(s, ',')", {"s": "a,b,,c"}, ["a", "b", "", "c"]),
+        ("replace(s, '-', '')", {"s": "0791-9"}, "07919"),
+        ("lower(missing)", {}, None),
+        ("to_iso(t)", {"t": "2024-05-01T10:00:00+02:00"}, "2024-05-01T08:00:00Z"),
+        ("to_iso(t)", {"t": 0}, "1970-01-01T00:00:00Z"),
+        ("format_date(t, '%Y/%m/%d')", {"t": "2024-05-01T23:30:00-05:00"}, "2024/05/02"),
+        ("to_epoch(t)", {"t": "1970-01-02T00:00:00Z"}, 86400),
+        ("from_epoch(n)", {"n": 86400}, "1970-01-02T00:00:00Z"),
+        ("coalesce(a, b, 'x')", {"b": 2}, 2),
+        ("coalesce(a, b)", {}, None),
+    ],
+)
+def test_added_functions(expression: str, data: Any, expected: Any) -> None:
+    """Each function of our own gives the documented result, null in -> null out."""
+    assert expr(expression).search(data) == expected
+
+
+def test_now_is_an_iso_instant_in_utc() -> None:
+    """now() returns the current time as ISO-8601 in UTC."""
+    value = expr("now()").search({})
+    assert value.endswith("Z") and value[:2] == "20"
+
+
+def test_bad_date_fails_the_record() -> None:
+    """A value that is not a date makes to_iso fail the record, not the run."""
+    out = map_record(spec(t="to_iso(t)"), {"id": 1, "t": "yesterday"})
+    assert isinstance(out, Failed) and "not an ISO-8601" in out.error

@@ -1,0 +1,161 @@
+"""Tests of the SQLite state store: migrations, page commits, lock, reset, read-only mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.errors import LockError, StateError
+from runner.state.base import FailedRecord, PageCommit, RunRecord
+from runner.state.sqlite import MIGRATIONS, SqliteStateStore
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SqliteStateStore(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def commit(store: SqliteStateStore, hashes=(), failed=(), succeeded=(), checkpoint=None, name="p") -> None:
+    store.commit_page(name, PageCommit(list(hashes), list(failed), list(succeeded), checkpoint))
+
+
+def test_new_file_is_migrated_to_the_latest_version(tmp_path: Path) -> None:
+    """Opening a new file creates it in WAL mode at the newest schema version."""
+    SqliteStateStore(tmp_path / "s.db").close()
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A state file from a newer etl is refused with a message that says to upgrade."""
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    db.close()
+    with pytest.raises(StateError, match="upgrade etl"):
+        SqliteStateStore(tmp_path / "s.db")
+
+
+def test_key_states_in_one_lookup_for_many_keys(store: SqliteStateStore) -> None:
+    """key_states answers for 1,200 keys (more than one chunk) and omits unknown ones."""
+    commit(store, hashes=[(str(i), f"h{i}", None) for i in range(1200)])
+    found = store.key_states("p", [str(i) for i in range(1250)])
+    assert len(found) == 1200
+    assert found["1199"].hash == "h1199"
+    assert store.key_states("other", ["1"]) == {}
+
+
+def test_target_id_is_kept_when_a_later_commit_has_none(store: SqliteStateStore) -> None:
+    """An update commit without a target id keeps the id the create stored."""
+    commit(store, hashes=[("a", "h1", "crm_1")])
+    commit(store, hashes=[("a", "h2", None)])
+    state = store.key_states("p", ["a"])["a"]
+    assert (state.hash, state.target_id) == ("h2", "crm_1")
+
+
+def test_failures_are_kept_and_cleared_on_success(store: SqliteStateStore) -> None:
+    """A failed record is kept with its error and raw record, and cleared once it succeeds."""
+    commit(store, failed=[FailedRecord("a", {"id": "a"}, "422: bad email"), FailedRecord(None, {"x": 1}, "null key")])
+    shown = store.show("p")
+    assert shown["failed_total"] == 2
+    assert {f["error"] for f in shown["failed"]} == {"422: bad email", "null key"}
+    commit(store, hashes=[("a", "h", None)], succeeded=["a"])
+    assert [f["raw"] for f in store.show("p")["failed"]] == [{"x": 1}]
+
+
+def test_watermark_keeps_its_json_type_and_checkpoint_clears(store: SqliteStateStore) -> None:
+    """The watermark round-trips as the JSON value written; a successful finish clears the checkpoint."""
+    run = RunRecord(run_id="r1", started_at="t0")
+    store.start_run("p", run)
+    commit(store, checkpoint='{"next": 1}')
+    assert store.checkpoint("p") == '{"next": 1}'
+    run.status, run.counts = "success", {"created": 3}
+    store.finish_run("p", run, watermark=1700000000, clear_checkpoint=True)
+    assert store.watermark("p") == 1700000000 and store.checkpoint("p") is None
+    store.finish_run("p", run, watermark=None, clear_checkpoint=False)
+    assert store.watermark("p") == 1700000000
+    assert store.show("p")["runs"][0]["created"] == 3
+
+
+def test_reset_keeps_target_ids_only(store: SqliteStateStore) -> None:
+    """reset clears watermark, checkpoint, hashes and failures, but keeps http target ids."""
+    commit(store, hashes=[("a", "h", "crm_1"), ("b", "h", None)], failed=[FailedRecord("c", {}, "e")], checkpoint="{}")
+    store.finish_run("p", RunRecord("r"), watermark="2024-01-01", clear_checkpoint=False)
+    store.reset("p")
+    assert store.watermark("p") is None and store.checkpoint("p") is None
+    assert store.key_states("p", ["a", "b"]) == {"a": store.key_states("p", ["a"])["a"]}
+    assert store.key_states("p", ["a"])["a"].hash is None
+    assert store.key_states("p", ["a"])["a"].target_id == "crm_1"
+    assert store.show("p")["failed_total"] == 0
+
+
+def test_read_only_store_creates_no_file(tmp_path: Path) -> None:
+    """A read-only store on a missing path is empty and creates nothing."""
+    store = SqliteStateStore(tmp_path / "none" / "state.db", read_only=True)
+    assert store.watermark("p") is None and store.key_states("p", ["a"]) == {}
+    commit(store, hashes=[("a", "h", None)])
+    with store.lock("p", "r"):
+        pass
+    store.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_only_store_reads_and_changes_no_byte(tmp_path: Path) -> None:
+    """A read-only store reads an existing file and leaves its bytes (and its folder) unchanged."""
+    path = tmp_path / "state.db"
+    writer = SqliteStateStore(path)
+    commit(writer, hashes=[("a", "h", None)])
+    writer.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    reader = SqliteStateStore(path, read_only=True)
+    assert reader.key_states("p", ["a"])["a"].hash == "h"
+    commit(reader, hashes=[("b", "h", None)])
+    reader.close()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_second_lock_on_a_live_holder_fails(tmp_path: Path) -> None:
+    """While one run holds a pipeline's lock, a second gets LockError naming the holder."""
+    a, b = SqliteStateStore(tmp_path / "s.db"), SqliteStateStore(tmp_path / "s.db")
+    with a.lock("p", "run-a"):
+        with pytest.raises(LockError, match="already running .*run-a"):
+            with b.lock("p", "run-b"):
+                pass
+        with b.lock("other", "run-c"):
+            pass
+    with b.lock("p", "run-b"):
+        pass
+    a.close(), b.close()
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A lock whose process has died is taken over, with a warning in the log."""
+    path = tmp_path / "s.db"
+    code = (
+        "import os; from runner.state.sqlite import SqliteStateStore as S; s=S(__import__('pathlib').Path(%r));"
+        "cm=s.lock('p','dead-run'); cm.__enter__(); os._exit(0)" % str(path)
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    store = SqliteStateStore(path)
+    assert store.show("p")["lock"]["run_id"] == "dead-run"
+    with caplog.at_level("WARNING"):
+        with store.lock("p", "new-run"):
+            assert store.show("p")["lock"]["run_id"] == "new-run"
+    assert "lock.taken_over" in caplog.text
+    store.close()
+
+
+def test_unlock_clears_a_lock(store: SqliteStateStore) -> None:
+    """`unlock` removes a lock left behind, e.g. by a process on another host."""
+    store._db.execute("INSERT INTO locks VALUES ('p', 'r', 1, 'elsewhere', 't')")
+    assert store.unlock("p") is True and store.show("p")["lock"] is None
+    assert store.unlock("p") is False
