@@ -1,0 +1,262 @@
+"""Reading the source: request each page, select its records, stop where the file says.
+
+`SourceReader.pages()` streams one `Page` at a time (never the whole data
+set): it sends each request through the client's `send`, decodes the JSON
+body, applies `records`, and asks the paginator for the next request. The
+hard stops (`max_pages`, `max_items`, `max_seconds`) end paging with a
+warning and set `stopped_by`; a next URL or cursor already requested in
+this run is a `PaginationLoopError`, raised before it is requested again.
+
+For predictable paginators (`page`, `offset`) and `concurrency > 1`, up to
+`concurrency` pages are fetched at once; they are still yielded in order,
+and paging stops at the first page that says so.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import httpx
+
+from runner import log
+from runner.errors import FetchError, PaginationLoopError, ResponseError
+from runner.model import Source
+from runner.pagination import PageRequest, Paginator, paginator_for
+
+__all__ = ["Page", "SourceReader", "select_records"]
+
+logger = logging.getLogger(__name__)
+
+EXCERPT_CHARS = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page read: its records and `next`, the checkpoint to save once it is committed."""
+
+    number: int
+    request: PageRequest
+    records: list[Any]
+    next: PageRequest | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A page as fetched, before the paginator and the limits looked at it."""
+
+    request: PageRequest
+    response: httpx.Response
+    body: Any
+    records: list[Any]
+
+
+class SourceReader:
+    """Reads one source page by page; `stopped_by` names the limit that ended paging, if any."""
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        send: Callable[..., httpx.Response],
+        params: Mapping[str, Any],
+        start: PageRequest | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.paginator: Paginator = paginator_for(source.pagination)
+        self._send = send
+        self._params = dict(params)
+        self._start = start
+        self._clock = clock
+        self._seen: set[str] = set()
+        self._started = 0.0
+        self.pages_read = 0
+        self.items_read = 0
+        self.stopped_by: str | None = None
+
+    def pages(self) -> Iterator[Page]:
+        """Yield each page in order until the paginator, a limit or an error ends paging."""
+        self._started = self._clock()
+        first = self._start or self.paginator.first(self.source.url, self._params)
+        if self.paginator.predictable and self.source.concurrency > 1:
+            return self._concurrent(first)
+        return self._sequential(first)
+
+    # --- the two loops --------------------------------------------------------
+
+    def _sequential(self, request: PageRequest | None) -> Iterator[Page]:
+        while request is not None:
+            if self._hit_limit(self.pages_read):
+                return
+            self._check_loop(request, self.pages_read + 1)
+            page = self._accept(self._fetch(request))
+            yield page
+            request = page.next if self.stopped_by is None else None
+
+    def _concurrent(self, first: PageRequest) -> Iterator[Page]:
+        """Keep up to `concurrency` pages in flight; the first page alone, as it may tell the total."""
+        paginator: Any = self.paginator
+        workers = self.source.concurrency
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-page")
+        window: deque[Future[_Fetched]] = deque()
+        submitted, blocked, end = 0, False, None
+        try:
+            while True:
+                room = workers if self.pages_read else 1
+                while not blocked and len(window) < room and (end is None or submitted < end):
+                    blocked = self._blocking_limit(submitted) is not None
+                    if not blocked:
+                        window.append(self._submit(pool, paginator.request_at(first, submitted), submitted))
+                        submitted += 1
+                if not window:
+                    self._hit_limit(submitted)  # the last page said go on, a limit says no
+                    return
+                fetched = window.popleft().result()
+                page = self._accept(fetched)
+                left = paginator.remaining(fetched.request, fetched.body)
+                end = end if left is None else page.number + left
+                yield page
+                if page.next is None or self.stopped_by is not None:
+                    return
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, pool: ThreadPoolExecutor, request: PageRequest, index: int) -> Future[_Fetched]:
+        """Fetch in a worker that sees this thread's context (the run's log fields)."""
+        self._check_loop(request, index + 1)
+        return pool.submit(contextvars.copy_context().run, self._fetch, request)
+
+    # --- one page -----------------------------------------------------------------
+
+    def _fetch(self, request: PageRequest) -> _Fetched:
+        source = self.source
+        extra = {} if source.json is None else {"json": source.json}
+        response = self._send(source.method, request.url, params=request.params, **extra)
+        body = decode(response, method=source.method)
+        records = select_records(self.source, body, method=source.method, path=_path(response))
+        return _Fetched(request, response, body, records)
+
+    def _accept(self, fetched: _Fetched) -> Page:
+        """Count the page, ask the paginator for the next request, apply `max_items`."""
+        request, records = fetched.request, fetched.records
+        following = self.paginator.next(request, fetched.response, fetched.body, records)
+        self.pages_read += 1
+        room = self.source.limits.max_items - self.items_read
+        if len(records) > room:
+            records, following = records[:room], request  # resume re-reads the cut page
+            self._stop("max_items", self.source.limits.max_items)
+        elif len(records) == room and following is not None:
+            self._stop("max_items", self.source.limits.max_items)
+        self.items_read += len(records)
+        log.event(
+            logger, "source.page", level=logging.DEBUG, page=self.pages_read, records=len(records),
+            request=request.target(),
+        )
+        return Page(self.pages_read, request, records, following)
+
+    # --- limits and loops -----------------------------------------------------------
+
+    def _blocking_limit(self, pages: int) -> tuple[str, float] | None:
+        """The limit that forbids requesting one more page after `pages`, if any."""
+        limits = self.source.limits
+        if pages >= limits.max_pages:
+            return "max_pages", limits.max_pages
+        if self._clock() - self._started >= limits.max_seconds:
+            return "max_seconds", limits.max_seconds
+        return None
+
+    def _hit_limit(self, pages: int) -> bool:
+        """Stop (warning, `stopped_by`) if a limit forbids another request."""
+        blocked = self._blocking_limit(pages)
+        if blocked is not None:
+            self._stop(*blocked)
+        return blocked is not None
+
+    def _stop(self, limit: str, value: float) -> None:
+        self.stopped_by = limit
+        log.event(
+            logger, "source.limit_reached", level=logging.WARNING, stopped_by=limit, limit=value,
+            pages=self.pages_read, items=self.items_read,
+        )
+
+    def _check_loop(self, request: PageRequest, number: int) -> None:
+        """Refuse a request this run already sent: the API is handing back old pages."""
+        key = request.key()
+        if key in self._seen:
+            raise PaginationLoopError(
+                f"pagination loop: {self.paginator.describe(request)} repeated at page {number}; "
+                "the API handed back a page this run already requested",
+                method=self.source.method,
+                path=httpx.URL(request.url).path,
+            )
+        self._seen.add(key)
+
+
+# --- decoding and record selection ---------------------------------------------------
+
+
+def decode(response: httpx.Response, *, method: str = "GET") -> Any:
+    """The JSON body of a response; an empty body is null; anything else is a ResponseError."""
+    if response.status_code >= 400:
+        raise FetchError(
+            f"HTTP {response.status_code}", method=method, path=_path(response),
+            status=response.status_code, detail=_excerpt(response.text),
+        )
+    if not response.content.strip():
+        return None
+    try:
+        return response.json()
+    except ValueError as exc:
+        kind = response.headers.get("content-type", "no content-type").split(";")[0]
+        excerpt = _excerpt(response.text)
+        raise ResponseError(
+            f"response is not JSON ({kind}), starts with {excerpt!r}; "
+            "check the URL and that the API answers with JSON",
+            method=method, path=_path(response), status=response.status_code, detail=excerpt,
+        ) from exc
+
+
+def select_records(source: Source, body: Any, *, method: str = "GET", path: str = "") -> list[Any]:
+    """Apply `records` (None means '@'); null is no records, any other non-list an error."""
+    expr = source.records
+    found = body if expr is None else expr.search(body)
+    if found is None:
+        return []
+    if isinstance(found, list):
+        return found
+    text = "@" if expr is None else expr.text
+    raise ResponseError(
+        f"records expression {text!r} gave {_json_type(found)}, not a list; "
+        "point `records` at the list of records in the response",
+        method=method, path=path,
+    )
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _path(response: httpx.Response) -> str:
+    try:
+        return response.request.url.path
+    except RuntimeError:  # a Response built without a request (tests)
+        return ""
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."
