@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
 import httpx
+from jmespath.exceptions import JMESPathError
 
 from runner import log
 from runner.client import HttpClient
@@ -306,7 +307,7 @@ def _observe_failed(run: _Run, raw: Any) -> None:
 def _cursor_value(expr: Any, raw: Any) -> Any:
     try:
         return expr.search(raw)
-    except Exception:  # noqa: BLE001 - a record whose cursor cannot be read does not move it
+    except JMESPathError:  # a record whose cursor cannot be read does not move it
         return None
 
 

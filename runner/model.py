@@ -283,4 +283,4 @@ class Pipeline:
     file: str = ""
     # every secret value of the file (auth credentials, env values used in auth, DSNs):
     # the log filter and the error path scrub them
-    secrets: frozenset[str] = frozenset()
+    secrets: frozenset[str] = field(default=frozenset(), repr=False)

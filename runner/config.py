@@ -1,0 +1,460 @@
+"""Pipeline files in, frozen `Pipeline` out: the only module that reads YAML.
+
+One pass over a file finds every problem at once, each with its line and
+column: YAML syntax and duplicate keys (`yamlpos`), `${VAR}` references
+(`interpolate`), the JSON Schema (`schemacheck` words its errors), JMESPath
+syntax and function names, and `http` target path placeholders.
+`check_file` returns those problems; `load_pipeline` raises them as a
+ConfigError, or builds the dataclasses of `runner.model`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import jmespath
+from dotenv import dotenv_values
+from jmespath.exceptions import (
+    EmptyExpressionError,
+    IncompleteExpressionError,
+    JMESPathError,
+    LexerError,
+    ParseError,
+)
+from jmespath.parser import ParsedResult
+
+from runner import functions, model, yamlpos
+from runner.errors import ConfigError, Problem
+from runner.interpolate import interpolate
+from runner.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
+from runner.yamlpos import Document, KeyPath, dotted
+
+__all__ = ["check_file", "expand_paths", "load_pipeline", "load_schema"]
+
+PathLike = str | os.PathLike[str]
+Severity = Literal["error", "warning"]
+
+SECRET_BLOCKS: tuple[KeyPath, ...] = (
+    ("source", "auth"),
+    ("target", "auth"),
+    ("target", "dsn"),
+    ("state", "dsn"),
+)
+EXPRESSIONS: tuple[KeyPath, ...] = (
+    ("source", "records"),
+    ("source", "pagination", "path"),
+    ("source", "pagination", "stop_when"),
+    ("source", "pagination", "total_pages"),
+    ("source", "pagination", "total"),
+    ("source", "incremental", "cursor_field"),
+    ("mapping", "external_id"),
+    ("mapping", "filter"),
+    ("target", "create", "id_path"),
+)
+PLACEHOLDERS = {"upsert": {"external_id"}, "create": {"external_id"}, "update": {"external_id", "target_id"}}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+# --- public API ----------------------------------------------------------------
+
+
+def load_pipeline(
+    path: PathLike, *, env: Mapping[str, str] | None = None, env_file: PathLike | None = None
+) -> model.Pipeline:
+    """Read, check and build one pipeline; raise ConfigError listing every error in it."""
+    found = _analyse(path, env=env, env_file=env_file, strict=True)
+    errors = [p for p in found.problems if p.severity == "error"]
+    if errors:
+        raise ConfigError(errors, file=found.file)
+    return _Builder(found).pipeline()
+
+
+def check_file(
+    path: PathLike, *, env: Mapping[str, str] | None = None, env_file: PathLike | None = None
+) -> list[Problem]:
+    """Every error and warning of one pipeline file; an unset variable is only a warning."""
+    return _analyse(path, env=env, env_file=env_file, strict=False).problems
+
+
+def expand_paths(paths: Iterable[str], *, problems: list[Problem] | None = None) -> list[Path]:
+    """Files, directories (their *.yaml/*.yml, sorted) and globs, in order, without repeats.
+
+    A path that matches nothing is reported: appended to `problems` when a list
+    is given, otherwise raised as a ConfigError once every path was looked at.
+    """
+    found: list[Path] = []
+    missing: list[Problem] = []
+    for text in paths:
+        matched = _expand_one(text)
+        if not matched:
+            missing.append(Problem(text, 1, 1, "", _nothing_message(text)))
+        found.extend(p for p in matched if p not in found)
+    if problems is not None:
+        problems.extend(missing)
+    elif missing:
+        raise ConfigError(missing)
+    return found
+
+
+# --- paths -----------------------------------------------------------------------
+
+
+def _expand_one(text: str) -> list[Path]:
+    if glob.has_magic(text):
+        matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
+    else:
+        matches = [Path(text)] if Path(text).exists() else []
+    return [f for m in matches for f in (_yaml_files(m) if m.is_dir() else [m])]
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _nothing_message(text: str) -> str:
+    if Path(text).is_dir():
+        return "no .yaml or .yml file in this directory"
+    return "no file matches this pattern" if glob.has_magic(text) else "no such file"
+
+
+# --- one pass over a file -----------------------------------------------------------
+
+
+@dataclass
+class _Report:
+    """The problems of one file, placed by key path."""
+
+    file: str
+    doc: Document = field(default_factory=Document)
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, path: KeyPath, message: str, *, key: bool = False, severity: Severity = "error") -> None:
+        line, column = self.doc.where(path, key=key)
+        self.problems.append(Problem(self.file, line, column, dotted(path), message, severity))
+
+
+@dataclass
+class _Analysis:
+    file: str
+    problems: list[Problem]
+    data: Any = None
+    compiled: dict[KeyPath, ParsedResult] = field(default_factory=dict)
+    env_values: dict[KeyPath, list[str]] = field(default_factory=dict)
+
+
+def _analyse(
+    path: PathLike, *, env: Mapping[str, str] | None, env_file: PathLike | None, strict: bool
+) -> _Analysis:
+    file = os.fspath(path)
+    report = _Report(file)
+    text = _read(file, report)
+    doc, found = yamlpos.parse(text, file) if text is not None else (None, [])
+    report.problems.extend(found)
+    if doc is None or doc.data is None:
+        return _Analysis(file, report.problems)
+    report.doc = doc
+    variables = _variables(env, env_file, report)
+    values = interpolate(doc.data, variables, plain=doc.plain)
+    _env_problems(values.missing, values.malformed, report, strict)
+    unchecked = set(values.missing) | set(values.malformed)
+    for path, message, key in schema_findings(values.data, skip=unchecked):
+        report.add(path, message, key=key)
+    compiled = _expressions(values.data, report, unchecked)
+    _placeholder_problems(values.data, report)
+    report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
+    return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
+
+
+def _read(file: str, report: _Report) -> str | None:
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        report.problems.append(Problem(file, 1, 1, "", f"cannot read the file: {reason}"))
+        return None
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    return list(dict.fromkeys(problems))
+
+
+# --- environment ------------------------------------------------------------------------
+
+
+def _variables(env: Mapping[str, str] | None, env_file: PathLike | None, report: _Report) -> dict[str, str]:
+    """The environment over the `.env` file (or `env_file`): the real environment wins."""
+    real = os.environ if env is None else env
+    dotenv = Path(env_file) if env_file is not None else Path.cwd() / ".env"
+    if env_file is not None and not dotenv.is_file():
+        report.problems.append(Problem(os.fspath(env_file), 1, 1, "", "env file not found"))
+    from_file = dotenv_values(dotenv) if dotenv.is_file() else {}
+    return {**{k: v for k, v in from_file.items() if v is not None}, **real}
+
+
+def _env_problems(
+    missing: dict[KeyPath, list[str]], malformed: dict[KeyPath, list[str]], report: _Report, strict: bool
+) -> None:
+    severity: Severity = "error" if strict else "warning"
+    for path, names in missing.items():
+        for name in names:
+            hint = " (set it, or add it to .env)" if strict else ""
+            report.add(path, f"environment variable {name} is not set{hint}", severity=severity)
+    for path, messages in malformed.items():
+        for message in messages:
+            report.add(path, message)
+
+
+# --- expressions and placeholders ------------------------------------------------------------
+
+
+def _expressions(data: Any, report: _Report, unchecked: set[KeyPath]) -> dict[KeyPath, ParsedResult]:
+    compiled: dict[KeyPath, ParsedResult] = {}
+    for path in _expression_paths(data):
+        text = _get(data, path)
+        if isinstance(text, str) and text and path not in unchecked:  # '' is the schema's to report
+            parsed = _compile(text, path, report)
+            if parsed is not None:
+                compiled[path] = parsed
+    return compiled
+
+
+def _expression_paths(data: Any) -> list[KeyPath]:
+    fields = _get(data, ("mapping", "fields"))
+    names = list(fields) if isinstance(fields, dict) else []
+    return [*EXPRESSIONS, *(("mapping", "fields", name) for name in names)]
+
+
+def _compile(text: str, path: KeyPath, report: _Report) -> ParsedResult | None:
+    try:
+        parsed = jmespath.compile(text)
+    except JMESPathError as exc:
+        report.add(path, _jmespath_message(text, exc))
+        return None
+    known = functions.OPTIONS.custom_functions.FUNCTION_TABLE
+    unknown = [name for name in _function_names(parsed.parsed) if name not in known]
+    for name in dict.fromkeys(unknown):
+        hint = suggest(name, sorted(known), "known functions")
+        report.add(path, f"unknown JMESPath function '{name}()' in {text!r}{hint}")
+    return None if unknown else parsed
+
+
+def _jmespath_message(text: str, exc: JMESPathError) -> str:
+    prefix = f"invalid JMESPath {text!r}"
+    if isinstance(exc, EmptyExpressionError):
+        return "empty JMESPath expression"
+    if isinstance(exc, LexerError):
+        return f"{prefix}: {exc.message[:1].lower()}{exc.message[1:]} at character {exc.lexer_position + 1}"
+    if isinstance(exc, IncompleteExpressionError):
+        return f"{prefix}: the expression is incomplete"
+    if isinstance(exc, ParseError) and exc.token_value is not None:
+        return f"{prefix}: unexpected {exc.token_value!r} at character {exc.lex_position + 1}"
+    return f"{prefix}: {getattr(exc, 'msg', 'syntax error')}"
+
+
+def _function_names(node: Any) -> Iterable[str]:
+    if not isinstance(node, dict):
+        return
+    if node.get("type") == "function_expression":
+        yield node["value"]
+    for child in node.get("children", []):
+        yield from _function_names(child)
+
+
+def _placeholder_problems(data: Any, report: _Report) -> None:
+    for operation, allowed in PLACEHOLDERS.items():
+        path = ("target", operation, "path")
+        text = _get(data, path)
+        if not isinstance(text, str):
+            continue
+        for name in _PLACEHOLDER.findall(text):
+            if name not in allowed:
+                valid = ", ".join(f"{{{a}}}" for a in sorted(allowed))
+                report.add(path, f"unknown placeholder '{{{name}}}' in {operation} path; valid: {valid}")
+
+
+def _get(data: Any, path: KeyPath) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)  # type: ignore[arg-type]
+    return data
+
+
+# --- building the dataclasses --------------------------------------------------------------
+
+
+PAGINATIONS: dict[str, type] = {
+    "none": model.NoPagination,
+    "next_url": model.NextUrlPagination,
+    "link_header": model.LinkHeaderPagination,
+    "cursor": model.CursorPagination,
+    "page": model.PagePagination,
+    "offset": model.OffsetPagination,
+}
+
+
+class _Builder:
+    """Turns a checked document into `runner.model` objects; it sees no invalid input."""
+
+    def __init__(self, found: _Analysis) -> None:
+        self.found = found
+        self.data: dict[str, Any] = found.data
+
+    def pipeline(self) -> model.Pipeline:
+        return model.Pipeline(
+            name=self.data["name"],
+            description=self.data.get("description", ""),
+            source=self.source(self.data["source"]),
+            mapping=self.mapping(),
+            target=self.target(self.data["target"]),
+            state=self.state(self.data.get("state", {})),
+            file=self.found.file,
+            secrets=self.secrets(),
+        )
+
+    def expr(self, path: KeyPath) -> model.Expr | None:
+        text = _get(self.data, path)
+        if text is None:
+            return None
+        return model.Expr(text, self.found.compiled[path], key=dotted(path))
+
+    def required_expr(self, path: KeyPath) -> model.Expr:
+        expr = self.expr(path)
+        assert expr is not None, "the schema requires this expression"
+        return expr
+
+    def source(self, d: dict[str, Any]) -> model.Source:
+        return model.Source(
+            url=d["url"],
+            method=d.get("method", "GET"),
+            params=model.frozen_map(d.get("params")),
+            headers=_headers(d.get("headers")),
+            json=d.get("json"),
+            auth=_auth(d.get("auth")),
+            records=self.expr(("source", "records")),
+            pagination=self.pagination(d.get("pagination", {"type": "none"})),
+            **_http_behaviour(d),
+            limits=_numbers(model.Limits, d.get("limits", {}), floats={"max_seconds"}),
+            incremental=self.incremental(d.get("incremental")),
+            **{k: d[k] for k in ("concurrency", "max_response_bytes") if k in d},
+        )
+
+    def pagination(self, d: dict[str, Any]) -> model.Pagination:
+        base = ("source", "pagination")
+        kwargs = {k: (self.expr((*base, k)) if (*base, k) in EXPRESSIONS else v) for k, v in d.items()}
+        kwargs.pop("type")
+        return PAGINATIONS[d["type"]](**kwargs)  # type: ignore[no-any-return]
+
+    def incremental(self, d: dict[str, Any] | None) -> model.Incremental | None:
+        if d is None:
+            return None
+        cursor_field = self.required_expr(("source", "incremental", "cursor_field"))
+        return model.Incremental(cursor_field, d["param"], d.get("initial_value"))
+
+    def mapping(self) -> model.MappingSpec:
+        names = self.data["mapping"]["fields"]
+        return model.MappingSpec(
+            external_id=self.required_expr(("mapping", "external_id")),
+            fields=tuple((name, self.required_expr(("mapping", "fields", name))) for name in names),
+            filter=self.expr(("mapping", "filter")),
+        )
+
+    def target(self, d: dict[str, Any]) -> model.Target:
+        kind = d["type"]
+        if kind == "sqlite":
+            return model.SqliteTarget(path=_resolve(d["path"]), table=d["table"])
+        if kind == "postgres":
+            return model.PostgresTarget(dsn=model.Secret(d["dsn"]), table=d["table"], schema=d.get("schema"))
+        if kind == "jsonl":
+            return model.JsonlTarget(path=d["path"] if d["path"] == "-" else str(_resolve(d["path"])))
+        return self.http_target(d)
+
+    def http_target(self, d: dict[str, Any]) -> model.HttpTarget:
+        return model.HttpTarget(
+            base_url=d["base_url"],
+            upsert=_operation(d.get("upsert")),
+            create=_operation(d.get("create"), self.expr(("target", "create", "id_path"))),
+            update=_operation(d.get("update")),
+            auth=_auth(d.get("auth")),
+            headers=_headers(d.get("headers")),
+            **_http_behaviour(d),
+            idempotency_key=d.get("idempotency_key", True),
+        )
+
+    def state(self, d: dict[str, Any]) -> model.StateConfig:
+        dsn = model.Secret(d["dsn"]) if "dsn" in d else None
+        return model.StateConfig(path=_resolve(d.get("path", ".etl/state.db")), dsn=dsn)
+
+    def secrets(self) -> frozenset[str]:
+        values = [v for path in _secret_paths(self.data) if isinstance(v := _get(self.data, path), str)]
+        env_values = self.found.env_values.items()
+        from_env = [v for path, used in env_values if path[:2] in SECRET_BLOCKS for v in used]
+        return frozenset(v for v in [*values, *from_env] if v)
+
+
+def _secret_paths(data: Any) -> list[KeyPath]:
+    paths: list[KeyPath] = [("target", "dsn"), ("state", "dsn")]
+    for block in (("source", "auth"), ("target", "auth")):
+        auth = _get(data, block)
+        if isinstance(auth, dict):
+            paths.extend((*block, key) for key in auth if key in SECRET_KEYS)
+    return paths
+
+
+def _auth(d: dict[str, Any] | None) -> model.Auth | None:
+    if d is None:
+        return None
+    kind = d["type"]
+    if kind == "bearer":
+        return model.BearerAuth(token=model.Secret(d["token"]))
+    if kind == "basic":
+        return model.BasicAuth(username=d["username"], password=model.Secret(d["password"]))
+    if kind == "api_key":
+        location = d.get("in", "header")
+        return model.ApiKeyAuth(name=d["name"], value=model.Secret(d["value"]), location=location)
+    return model.OAuth2ClientCredentials(
+        token_url=d["token_url"],
+        client_id=d["client_id"],
+        client_secret=model.Secret(d["client_secret"]),
+        scopes=tuple(d.get("scopes", ())),
+    )
+
+
+def _http_behaviour(d: dict[str, Any]) -> dict[str, Any]:
+    """timeout, retry and rate_limit: shared by the source and the http target."""
+    retry = dict(d.get("retry", {}))
+    if "also_on" in retry:
+        retry["also_on"] = frozenset(retry["also_on"])
+    rate = d.get("rate_limit")
+    return {
+        "timeout": _numbers(model.Timeout, d.get("timeout", {}), floats={"connect", "read"}),
+        "retry": _numbers(model.Retry, retry, floats={"backoff_initial", "backoff_max", "max_elapsed"}),
+        "rate_limit": model.RateLimit(float(rate["requests_per_second"])) if rate else None,
+    }
+
+
+def _numbers(cls: Callable[..., Any], d: Mapping[str, Any], *, floats: set[str]) -> Any:
+    return cls(**{k: float(v) if k in floats else v for k, v in d.items()})
+
+
+def _operation(d: dict[str, Any] | None, id_path: model.Expr | None = None) -> model.HttpOperation | None:
+    return model.HttpOperation(method=d["method"], path=d["path"], id_path=id_path) if d else None
+
+
+def _headers(d: Mapping[str, Any] | None) -> Mapping[str, str]:
+    def text(value: Any) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    return model.frozen_map({k: text(v) for k, v in (d or {}).items()})
+
+
+def _resolve(path: str) -> Path:
+    """Relative paths resolve against the working directory."""
+    resolved = Path(path).expanduser()
+    return resolved if resolved.is_absolute() else Path.cwd() / resolved
