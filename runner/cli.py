@@ -6,13 +6,20 @@ back (problems, an EtlError) into output and an exit code.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
-from runner import __version__, config
-from runner.errors import Problem
+from runner import __version__, config, engine, log
+from runner.errors import ConfigError, EtlError, Problem
+from runner.model import Pipeline, Secret, StateConfig
+from runner.state import open_store
 
 
 @click.group()
@@ -52,6 +59,211 @@ def validate(paths: tuple[str, ...], env_file: str | None, output_format: str) -
         _print_text(unmatched, results)
     invalid = any(p.severity == "error" for found in [unmatched, *results.values()] for p in found)
     sys.exit(1 if invalid else 0)
+
+
+@main.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Read the source and print each intended write; change nothing.")
+@click.option("--full-refresh", is_flag=True, help="Ignore the watermark and the checkpoint; read everything.")
+@click.option("--restart", is_flag=True, help="Ignore the checkpoint of a run that did not finish.")
+@click.option("--env-file", type=click.Path(exists=True, dir_okay=False), help="Read this instead of ./.env.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs (secrets are still masked).")
+def run(
+    pipelines: tuple[str, ...], dry_run: bool, full_refresh: bool, restart: bool,
+    env_file: str | None, log_format: str, verbose: bool,
+) -> None:
+    """Run pipelines: fetch -> map -> upsert, idempotent; one after another.
+
+    Exit codes: 0 success, 1 the run failed, 2 usage or configuration error,
+    3 finished but some records failed, 4 another run holds the lock,
+    130/143 interrupted by SIGINT/SIGTERM. With several files, every file is
+    loaded first (any configuration error runs nothing), and the exit code is
+    the first non-zero one.
+    """
+    log.configure(fmt="json" if log_format == "json" else "text", verbose=verbose)
+    loaded = _load_all(pipelines, env_file)
+    stop = engine.StopFlag()
+    exit_code = 0
+    with _signals(stop):
+        for pipeline in loaded:
+            code = _run_one(pipeline, stop, dry_run=dry_run, full_refresh=full_refresh, restart=restart)
+            exit_code = exit_code or code
+            if code in (130, 143):
+                break
+    sys.exit(exit_code)
+
+
+def _load_all(paths: tuple[str, ...], env_file: str | None) -> list[Pipeline]:
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            loaded.append(config.load_pipeline(path, env_file=env_file))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        for problem in problems:
+            click.echo(log.redact(str(problem)), err=True)
+        sys.exit(2)
+    return loaded
+
+
+def _run_one(pipeline: Pipeline, stop: engine.StopFlag, **options: bool) -> int:
+    progress = _Progress() if sys.stderr.isatty() else None
+    try:
+        result = engine.run(pipeline, stop=stop, on_progress=progress, **options)
+    except EtlError as exc:
+        _error(f"{pipeline.file or pipeline.name}: {exc}")
+        return exc.exit_code
+    finally:
+        if progress is not None:
+            progress.clear()
+    return result.exit_code
+
+
+class _Progress:
+    """A live `pages records records/s` line on a terminal's stderr, redrawn at most 10 times a second."""
+
+    def __init__(self) -> None:
+        self._shown = 0.0
+
+    def __call__(self, counts: engine.Counts, pages: int, elapsed: float) -> None:
+        now = time.monotonic()
+        if now - self._shown < 0.1:
+            return
+        self._shown = now
+        rate = counts.processed / elapsed if elapsed > 0 else 0.0
+        sys.stderr.write(f"\r\x1b[K  pages={pages} records={counts.processed} records/s={rate:,.0f}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def _signals(stop: engine.StopFlag) -> Iterator[None]:
+    """The first SIGINT/SIGTERM asks the run to stop after the page in hand; a second one kills."""
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        stop.stop(name)
+        signal.signal(signum, signal.SIG_DFL)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _error(message: str) -> None:
+    click.echo(f"etl: error: {log.redact(message)}", err=True)
+
+
+@main.group()
+def state() -> None:
+    """Show or reset what the state store keeps for a pipeline."""
+
+
+_STATE_OPTIONS = [
+    click.argument("name"),
+    click.option("--state", "state_path", type=click.Path(dir_okay=False), help="SQLite state file (default .etl/state.db)."),
+    click.option("--dsn", envvar="ETL_STATE_DSN", help="PostgreSQL state store DSN (or $ETL_STATE_DSN)."),
+    click.option("--env-file", type=click.Path(exists=True, dir_okay=False), help="Read this instead of ./.env."),
+]
+
+
+def _state_options(func: Any) -> Any:
+    for option in reversed(_STATE_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _open_state(
+    name: str, state_path: str | None, dsn: str | None, env_file: str | None, *, read_only: bool = False
+) -> tuple[str, Any]:
+    """NAME is a pipeline name, or a pipeline file whose `state:` says where its state is."""
+    try:
+        if name.endswith((".yaml", ".yml")):
+            pipeline = config.load_pipeline(name, env_file=env_file)
+            return pipeline.name, open_store(pipeline.state, read_only=read_only)
+        where = StateConfig(path=Path(state_path or ".etl/state.db"), dsn=Secret(dsn) if dsn else None)
+        return name, open_store(where, read_only=read_only)
+    except EtlError as exc:
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+
+
+@state.command("show")
+@_state_options
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def state_show(name: str, state_path: str | None, dsn: str | None, env_file: str | None, output_format: str) -> None:
+    """Watermark, checkpoint, lock, the last runs with their counts, and failed records."""
+    name, store = _open_state(name, state_path, dsn, env_file, read_only=True)
+    try:
+        shown = store.show(name)
+    finally:
+        store.close()
+    if output_format == "json":
+        click.echo(json.dumps(shown, indent=2, default=str))
+        return
+    click.echo(_format_state(shown))
+
+
+def _format_state(shown: dict[str, Any]) -> str:
+    lines = [
+        f"pipeline:   {shown['pipeline']}",
+        f"watermark:  {json.dumps(shown['watermark'])}",
+        f"checkpoint: {shown['checkpoint'] or '-'}",
+        f"keys:       {shown['keys']}",
+        f"lock:       {_describe_lock(shown['lock'])}",
+        "runs:",
+    ]
+    for r in shown["runs"]:
+        lines.append(
+            f"  {r['started_at']}  {r['run_id']}  {r['status']:<11} processed={r.get('processed', 0)} "
+            f"created={r.get('created', 0)} updated={r.get('updated', 0)} skipped={r.get('skipped', 0)} "
+            f"failed={r.get('failed', 0)}"
+        )
+    lines.append(f"failed records: {shown['failed_total']}")
+    for f in shown["failed"]:
+        lines.append(f"  {f['external_id'] or '(no key)'}: {f['error']}  raw={json.dumps(f['raw'], default=str)[:200]}")
+    return "\n".join(lines)
+
+
+def _describe_lock(lock: dict[str, Any] | None) -> str:
+    if not lock:
+        return "-"
+    return ", ".join(f"{k}={v}" for k, v in lock.items())
+
+
+@state.command("reset")
+@_state_options
+def state_reset(name: str, state_path: str | None, dsn: str | None, env_file: str | None) -> None:
+    """Clear watermark, checkpoint, content hashes and failed records (target ids are kept)."""
+    name, store = _open_state(name, state_path, dsn, env_file)
+    try:
+        store.reset(name)
+    except EtlError as exc:
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+    finally:
+        store.close()
+    click.echo(f"{name}: state reset (target ids kept)")
+
+
+@state.command("unlock")
+@_state_options
+def state_unlock(name: str, state_path: str | None, dsn: str | None, env_file: str | None) -> None:
+    """Remove a lock left by a run that is gone (a run on another host cannot be checked)."""
+    name, store = _open_state(name, state_path, dsn, env_file)
+    try:
+        removed = store.unlock(name)
+    finally:
+        store.close()
+    click.echo(f"{name}: {'lock removed' if removed else 'no lock held'}")
 
 
 @main.command()

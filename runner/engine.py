@@ -333,6 +333,8 @@ def _finish(
         watermark=_new_watermark(state) if done else None, clear_checkpoint=done,
     )
     fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
+    if fields["error"] is None:
+        del fields["error"]
     level = logging.INFO if done else logging.ERROR
     log.event(logger, "run.summary", level=level, **fields)
     if error is not None:
