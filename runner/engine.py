@@ -31,12 +31,17 @@ from runner.incremental import Watermark
 from runner.mapping import Failed, Mapped, map_record
 from runner.model import Pipeline
 from runner.pagination import PageRequest
+from runner.prefetch import prefetch
 from runner.source import Page, SourceReader
 from runner.state import FailedRecord, RunRecord, StateStore, open_store
 from runner.state.base import PageCommit
 from runner.targets import Target, Write, dry_run_target, open_target
 
 logger = logging.getLogger(__name__)
+
+# Pages fetched ahead of the one being committed: fetching overlaps with mapping and
+# writing, and memory stays bounded (this many pages, plus source.concurrency in flight).
+PREFETCH_PAGES = 2
 
 Progress = Callable[["Counts", int, float], None]
 
@@ -183,7 +188,7 @@ def _locked_run(
             start=checkpoint.next if checkpoint else None,
         )
         try:
-            for page in reader.pages():
+            for page in prefetch(reader.pages(), depth=PREFETCH_PAGES):
                 _commit_page(state, page)
                 if on_progress is not None:
                     on_progress(state.counts, state.pages, time.monotonic() - started)
