@@ -20,7 +20,7 @@ from typing import Any
 import jmespath
 from jmespath import functions as jp
 
-from runner.timeparse import parse_instant
+from runner.incremental import parse_timestamp
 
 _STR = {"types": ["string", "null"]}
 _DATE = {"types": ["string", "number", "null"]}
@@ -29,10 +29,7 @@ _DATE = {"types": ["string", "number", "null"]}
 def _instant(value: Any) -> datetime:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, tz=timezone.utc)
-    parsed = parse_instant(value)
-    if parsed is None:
-        raise ValueError(f"not an ISO-8601 date or time: {value!r}")
-    return parsed.astimezone(timezone.utc)
+    return parse_timestamp(value)
 
 
 def _iso(moment: datetime) -> str:
