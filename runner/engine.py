@@ -35,7 +35,7 @@ from runner.prefetch import prefetch
 from runner.source import Page, SourceReader
 from runner.state import FailedRecord, RunRecord, StateStore, open_store
 from runner.state.base import PageCommit
-from runner.targets import Target, Write, dry_run_target, open_target
+from runner.targets import Target, Write, WriteResult, dry_run_target, open_target
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class _Run:
     watermark: Watermark | None = None
     first_failed: Watermark | None = None  # the earliest cursor value among failed records
     pages: int = 0
+    checkpoint: str | None = None  # the last one committed
 
 
 def run(
@@ -180,7 +181,7 @@ def _locked_run(
         params = _base_params(pipeline, store, full_refresh)
         state.watermark = _tracker(pipeline, checkpoint)
         if checkpoint is not None:
-            state.pages = checkpoint.pages
+            state.pages, state.checkpoint = checkpoint.pages, checkpoint.dumps()
             log.event(logger, "run.resumed", level=logging.WARNING, from_page=checkpoint.pages + 1)
         store.start_run(pipeline.name, record)
         reader = SourceReader(
@@ -265,7 +266,7 @@ def _commit_page(run: _Run, page: Page) -> None:
             continue
         op = "create" if state is None else "update"
         writes.append(Write(op, key, item.record, None if state is None else state.target_id))
-    result = run.target.write(writes) if writes else None
+    result = _write(run, writes) if writes else None
     hashes, succeeded = [], []
     for write in writes:
         error = result.errors.get(write.external_id) if result else None
@@ -283,10 +284,24 @@ def _commit_page(run: _Run, page: Page) -> None:
         mark = run.watermark.value if run.watermark else None
         checkpoint = _Checkpoint(page.next, run.pages, mark).dumps()
     run.store.commit_page(pipeline.name, PageCommit(hashes, failed, succeeded, checkpoint))
+    run.checkpoint = checkpoint
     log.event(
         logger, "page.committed", level=logging.DEBUG, page=run.pages, records=len(page.records),
         writes=len(writes), failed=len(failed),
     )
+
+
+def _write(run: _Run, writes: list[Write]) -> WriteResult:
+    """Write one page; when it fails part-way, keep the target ids of what was created."""
+    try:
+        return run.target.write(writes)
+    except EtlError as exc:
+        partial: WriteResult | None = getattr(exc, "partial", None)
+        if partial is not None and partial.target_ids:
+            # no hash: these records are sent again next run, as updates of these ids
+            ids = [(key, None, target_id) for key, target_id in partial.target_ids.items()]
+            run.store.commit_page(run.pipeline.name, PageCommit(ids, [], [], run.checkpoint))
+        raise
 
 
 def _observe_cursor(run: _Run, raw: Any) -> None:
@@ -325,7 +340,9 @@ def _finish(
     status = _status(error, counts)
     result = RunResult(
         run_id=record.run_id, pipeline=pipeline.name, status=status, counts=counts,
-        pages=state.pages if state else 0, requests=client.requests, retries=client.retries,
+        pages=state.pages if state else 0,
+        requests=client.requests + _target_count(state, "requests"),
+        retries=client.retries + _target_count(state, "retries"),
         elapsed_ms=int((time.monotonic() - started) * 1000),
         stopped_by=reader.stopped_by if reader else None, dry_run=dry_run, resumed=resumed,
         error=log.redact(str(error)) if error else None,
@@ -348,6 +365,11 @@ def _finish(
         error.result = result  # type: ignore[attr-defined]
         raise error
     return result
+
+
+def _target_count(state: _Run | None, name: str) -> int:
+    """Requests (or retries) an http target made; other targets make none."""
+    return int(getattr(state.target, name, 0)) if state is not None else 0
 
 
 def _new_watermark(state: _Run | None) -> Any:

@@ -418,3 +418,29 @@ def test_state_reset_keeps_target_ids_so_the_next_run_patches(tmp_path: Path, de
     sent = crm.request_log[before:]
     assert {r.method for r in sent if r.method in WRITE_METHODS} == {"PATCH"}
     assert len(crm.objects) == 250
+
+
+def test_ids_created_before_a_page_fails_are_kept_so_the_next_run_never_recreates(
+    tmp_path: Path, demo: DemoApi, crm: FakeCrm
+) -> None:
+    """When a page fails part-way, the ids of its creates are kept and the next run PATCHes them."""
+    path = sync_pipeline(tmp_path, demo.base_url, crm.base_url)
+    path.write_text(path.read_text().replace("  create: {", "  idempotency_key: false\n  create: {"))
+    crm_posts_before_failure = 40
+    original = crm._handle
+
+    def fail_after_forty(method: str, route: str, headers: Any, body: Any) -> Any:
+        if method == "POST" and len(crm.objects) >= crm_posts_before_failure:
+            return 503, {"error": "down"}, False
+        return original(method, route, headers, body)
+
+    crm._handle = fail_after_forty  # type: ignore[method-assign]
+    with pytest.raises(FetchError):
+        engine.run(path, sleep=lambda s: None)
+    assert len(crm.objects) == 40
+    crm._handle = original  # type: ignore[method-assign]
+    result = engine.run(path, sleep=lambda s: None)
+    assert len(crm.objects) == 250
+    patched = [e for e in crm.request_log if e.method == "PATCH"]
+    assert len(patched) == 40
+    assert result.counts.updated == 40 and result.counts.created == 210

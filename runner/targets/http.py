@@ -47,7 +47,7 @@ import httpx
 
 from runner import log
 from runner.client import HttpClient
-from runner.errors import FetchError, TargetError
+from runner.errors import EtlError, FetchError, TargetError
 from runner.model import HttpOperation, HttpTarget
 from runner.targets.base import Write, WriteResult
 
@@ -105,6 +105,11 @@ class HttpTargetWriter:
         for write in writes:
             try:
                 target_id = self._write_one(write)
+            except EtlError as exc:
+                # the page fails, but the objects created before it exist: hand their ids
+                # back so the engine keeps them and the next run updates, never re-creates
+                exc.partial = result  # type: ignore[attr-defined]
+                raise
             except RecordRejected as exc:
                 result.errors[write.external_id] = str(exc)
                 log.event(
