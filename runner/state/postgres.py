@@ -1,0 +1,451 @@
+"""The PostgreSQL state store: the SQLite store's tables and meaning, for several machines.
+
+Tables live in the schema `etl_state`; `etl_state.migrations` records the
+schema version, migrated on open under a transaction-level advisory lock so
+that two processes opening a new database do not race. Each `commit_page` is
+one transaction of a few set-based statements (arrays through `unnest`, sent
+in one pipeline), never a round trip per record.
+
+The run lock is a session-level advisory lock (`pg_try_advisory_lock`) on a
+stable 64-bit hash of the pipeline name, held on the store's connection for
+the whole run. A process that dies loses its session, so the server frees
+its lock; there is nothing to take over. `etl_state.locks` only describes the
+holder (run, pid, host) for messages and `show`; a row whose advisory lock is
+not held means nothing. `unlock` ends the database session that holds a lock
+(a hung process, or a half-open connection the server has not noticed yet).
+
+Read-only mode (dry-run) sets the session read-only and creates nothing: when
+the tables do not exist the store behaves as an empty one. The DSN's password
+never appears in an error: messages name `host:port/dbname` and have any
+occurrence of the password scrubbed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import psycopg
+from psycopg import conninfo
+from psycopg.types.json import Jsonb
+
+from runner.errors import EtlError, LockError, StateError
+from runner.state.base import KeyState, PageCommit, RunRecord
+from runner.state.sqlite import failure_key, now_iso
+
+SCHEMA = "etl_state"
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE etl_state.pipelines (
+        pipeline text PRIMARY KEY, watermark jsonb, checkpoint text, updated_at text);
+    CREATE TABLE etl_state.keys (
+        pipeline text NOT NULL, external_id text NOT NULL, hash text, target_id text,
+        updated_at text, PRIMARY KEY (pipeline, external_id));
+    CREATE TABLE etl_state.failed (
+        pipeline text NOT NULL, fkey text NOT NULL, external_id text, raw text,
+        error text, failed_at text, PRIMARY KEY (pipeline, fkey));
+    CREATE TABLE etl_state.runs (
+        run_id text PRIMARY KEY, pipeline text NOT NULL, status text, started_at text,
+        finished_at text, counts jsonb);
+    CREATE INDEX runs_by_pipeline ON etl_state.runs (pipeline, started_at);
+    CREATE TABLE etl_state.locks (
+        pipeline text PRIMARY KEY, run_id text, pid integer, host text, acquired_at text,
+        backend_pid integer)
+    """,
+)
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for pg_*advisory_lock (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b(f"etl:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+_MIGRATE_KEY = advisory_key("etl_state migrate")
+
+
+# --- connections shared with the postgres target --------------------------------
+
+
+def describe(dsn: str) -> str:
+    """`host:port/dbname` of a DSN, for messages; never the user's password."""
+    try:
+        parts = conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "<invalid dsn>"
+    host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
+    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or parts.get('user') or ''}"
+
+
+def scrub(text: str, dsn: str) -> str:
+    """The text with the DSN's password, and the DSN itself, replaced by '***'."""
+    try:
+        password = conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    for secret in (dsn, password):
+        if secret:
+            text = text.replace(str(secret), "***")
+    return text
+
+
+def connect(dsn: str, *, error: type[EtlError], where: str) -> psycopg.Connection[Any]:
+    """An autocommit connection (transactions are explicit), or `error` naming `where`."""
+    try:
+        given = conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # the parser's message quotes the DSN, password included: do not chain it
+        raise error(f"{where}: the DSN is not a valid PostgreSQL connection string") from None
+    defaults = {"connect_timeout": 10, "application_name": "etl"}
+    extra = {key: value for key, value in defaults.items() if key not in given}
+    try:
+        return psycopg.connect(dsn, autocommit=True, **extra)
+    except psycopg.Error as exc:
+        raise error(f"{where}: cannot connect: {scrub(str(exc).strip(), dsn)}") from exc
+
+
+# --- the store ----------------------------------------------------------------------
+
+
+class PostgresStateStore:
+    """State in the `etl_state` schema of one PostgreSQL database, shared by all pipelines."""
+
+    def __init__(self, dsn: str, *, read_only: bool = False) -> None:
+        self._dsn = dsn
+        self.read_only = read_only
+        self.where = f"state store {describe(dsn)}"
+        self._held: dict[str, str] = {}  # pipeline -> run_id, locks this session holds
+        self._db = connect(dsn, error=StateError, where=self.where)
+        try:
+            with self._errors():
+                self._empty = self._open()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> bool:
+        """Migrate (or, read-only, only look); True when there are no tables to read."""
+        if self.read_only:
+            self._db.execute("SET default_transaction_read_only = on")
+            if self._version() is None:
+                return True
+            self._check_version()
+            return False
+        if self._version() != len(MIGRATIONS):
+            with self._db.transaction():
+                self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_KEY,))
+                self._db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.migrations "
+                    "(version integer PRIMARY KEY, applied_at text NOT NULL)"
+                )
+                version = self._check_version()
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in filter(str.strip, script.split(";")):
+                        self._db.execute(statement)
+                    self._db.execute(f"INSERT INTO {SCHEMA}.migrations VALUES (%s, %s)", (number, now_iso()))
+        return False
+
+    def _version(self) -> int | None:
+        row = self._db.execute(f"SELECT to_regclass('{SCHEMA}.migrations') IS NOT NULL").fetchone()
+        if not row or not row[0]:
+            return None
+        found = self._db.execute(f"SELECT max(version) FROM {SCHEMA}.migrations").fetchone()
+        return int(found[0]) if found and found[0] is not None else 0
+
+    def _check_version(self) -> int:
+        version = self._version() or 0
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"{self.where} has schema version {version}, newer than this etl "
+                f"({len(MIGRATIONS)}); upgrade etl"
+            )
+        return version
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise StateError(f"{self.where}: {scrub(str(exc).strip(), self._dsn)}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._errors(), self._db.transaction():
+            yield self._db
+
+    def _refuse_when_read_only(self, action: str) -> None:
+        if self.read_only:
+            raise StateError(f"{self.where}: opened read-only, cannot {action}")
+
+    # --- lock ----------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, pipeline: str, run_id: str) -> Iterator[None]:
+        if self.read_only:
+            yield
+            return
+        self._acquire(pipeline, run_id)
+        try:
+            yield
+        finally:
+            self._release(pipeline, run_id)
+
+    def _acquire(self, pipeline: str, run_id: str) -> None:
+        if pipeline in self._held:
+            raise self._lock_error(pipeline)
+        with self._errors():
+            row = self._db.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key(pipeline),)).fetchone()
+            if not row or not row[0]:
+                raise self._lock_error(pipeline)
+            self._held[pipeline] = run_id
+        try:
+            with self._errors():
+                self._db.execute(
+                    f"INSERT INTO {SCHEMA}.locks VALUES (%s, %s, %s, %s, %s, pg_backend_pid()) "
+                    "ON CONFLICT (pipeline) DO UPDATE SET run_id=excluded.run_id, pid=excluded.pid, "
+                    "host=excluded.host, acquired_at=excluded.acquired_at, backend_pid=excluded.backend_pid",
+                    (pipeline, run_id, os.getpid(), socket.gethostname(), now_iso()),
+                )
+        except BaseException:
+            self._release(pipeline, run_id)
+            raise
+
+    def _release(self, pipeline: str, run_id: str) -> None:
+        self._held.pop(pipeline, None)
+        try:
+            if not (self._db.closed or self._db.broken):
+                self._db.execute(f"DELETE FROM {SCHEMA}.locks WHERE pipeline=%s AND run_id=%s", (pipeline, run_id))
+                self._db.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(pipeline),))
+        except psycopg.Error as exc:
+            if not (self._db.closed or self._db.broken):
+                raise StateError(f"{self.where}: cannot release the lock: {scrub(str(exc).strip(), self._dsn)}") from exc
+        # a closed or broken connection is a session gone, and the server freed its locks with it
+
+    def _lock_error(self, pipeline: str) -> LockError:
+        row = self._db.execute(
+            f"SELECT run_id, pid, host, acquired_at, backend_pid FROM {SCHEMA}.locks WHERE pipeline=%s",
+            (pipeline,),
+        ).fetchone()
+        holder = "" if row is None else f" (run {row[0]}, pid {row[1]} on {row[2]}, since {row[3]})"
+        return LockError(
+            f"pipeline {pipeline!r} is already running{holder}; its lock is held by a live "
+            f"session of {describe(self._dsn)}; wait for it to finish, or if that process is "
+            f"gone for good, run `etl state unlock {pipeline}` (it ends that database session)"
+        )
+
+    def unlock(self, pipeline: str) -> bool:
+        """Remove the pipeline's lock: end the session that holds it and forget its holder."""
+        self._refuse_when_read_only(f"unlock {pipeline!r}")
+        high, low = _lock_ids(advisory_key(pipeline))
+        # from PostgreSQL 14 on, wait (up to 5 s) until the session has ended and its lock is free
+        terminate = "pg_terminate_backend(pid, 5000)" if self._db.info.server_version >= 140000 else "pg_terminate_backend(pid)"
+        with self._tx() as db:
+            ended = db.execute(
+                f"SELECT count(*) FILTER (WHERE {terminate}) FROM pg_locks "
+                "WHERE locktype='advisory' AND database=(SELECT oid FROM pg_database WHERE datname=current_database()) "
+                "AND classid::text::bigint=%s AND objid::text::bigint=%s AND objsubid=1 AND granted "
+                "AND pid <> pg_backend_pid()",
+                (high, low),
+            ).fetchone()
+            removed = db.execute(f"DELETE FROM {SCHEMA}.locks WHERE pipeline=%s", (pipeline,)).rowcount
+        return bool((ended and ended[0]) or removed)
+
+    def _lock_holder(self, pipeline: str) -> dict[str, Any] | None:
+        """The lock's holder as `show` reports it, when its advisory lock is held."""
+        high, low = _lock_ids(advisory_key(pipeline))
+        row = self._db.execute(
+            f"SELECT l.run_id, l.pid, l.host, l.acquired_at FROM pg_locks p "
+            f"LEFT JOIN {SCHEMA}.locks l ON l.pipeline=%s "
+            "WHERE p.locktype='advisory' AND p.database=(SELECT oid FROM pg_database WHERE datname=current_database()) "
+            "AND p.classid::text::bigint=%s AND p.objid::text::bigint=%s AND p.objsubid=1 AND p.granted",
+            (pipeline, high, low),
+        ).fetchone()
+        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
+
+    # --- reads ---------------------------------------------------------------
+
+    def watermark(self, pipeline: str) -> Any:
+        row = self._pipeline_row(pipeline)
+        return None if row is None else row[0]
+
+    def checkpoint(self, pipeline: str) -> str | None:
+        row = self._pipeline_row(pipeline)
+        return None if row is None else row[1]
+
+    def _pipeline_row(self, pipeline: str) -> tuple[Any, ...] | None:
+        if self._empty:
+            return None
+        with self._errors():
+            return self._db.execute(
+                f"SELECT watermark, checkpoint FROM {SCHEMA}.pipelines WHERE pipeline=%s", (pipeline,)
+            ).fetchone()
+
+    def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
+        if self._empty or not keys:
+            return {}
+        with self._errors():
+            rows = self._db.execute(
+                f"SELECT external_id, hash, target_id FROM {SCHEMA}.keys "
+                "WHERE pipeline=%s AND external_id = ANY(%s::text[])",
+                (pipeline, list(keys)),
+            ).fetchall()
+        return {key: KeyState(h, t) for key, h, t in rows}
+
+    # --- writes --------------------------------------------------------------
+
+    def commit_page(self, pipeline: str, commit: PageCommit) -> None:
+        if self.read_only:
+            return
+        stamp = now_iso()
+        hashes = _merge_hashes(commit.hashes)
+        failed = {
+            failure_key(f.external_id, f.raw): (f.external_id, json.dumps(f.raw, default=str), _text(f.error))
+            for f in commit.failed
+        }
+        with self._tx() as db, db.pipeline():
+            if hashes:
+                db.execute(
+                    f"INSERT INTO {SCHEMA}.keys AS k "
+                    "SELECT %s, u.key, u.hash, u.tid, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                    "AS u(key, hash, tid) ON CONFLICT (pipeline, external_id) DO UPDATE SET "
+                    "hash=excluded.hash, target_id=COALESCE(excluded.target_id, k.target_id), "
+                    "updated_at=excluded.updated_at",
+                    (pipeline, stamp, list(hashes), [h for h, _ in hashes.values()], [t for _, t in hashes.values()]),
+                )
+            if commit.succeeded:
+                db.execute(
+                    f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s AND fkey = ANY(%s::text[])",
+                    (pipeline, [failure_key(key, None) for key in commit.succeeded]),
+                )
+            if failed:
+                rows = list(failed.values())
+                db.execute(
+                    f"INSERT INTO {SCHEMA}.failed "
+                    "SELECT %s, u.fkey, u.eid, u.raw, u.error, %s "
+                    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(fkey, eid, raw, error) "
+                    "ON CONFLICT (pipeline, fkey) DO UPDATE SET external_id=excluded.external_id, "
+                    "raw=excluded.raw, error=excluded.error, failed_at=excluded.failed_at",
+                    (pipeline, stamp, list(failed), *(list(column) for column in zip(*rows))),
+                )
+            self._set_pipeline(db, pipeline, checkpoint=commit.checkpoint)
+
+    def _set_pipeline(self, db: psycopg.Connection[Any], pipeline: str, **values: Any) -> None:
+        """Upsert the pipeline's row, setting `updated_at` and the given columns."""
+        columns = ["updated_at", *values]
+        params = [now_iso(), *(_jsonb(v) if c == "watermark" else v for c, v in values.items())]
+        db.execute(
+            f"INSERT INTO {SCHEMA}.pipelines (pipeline, {', '.join(columns)}) "
+            f"VALUES (%s{', %s' * len(columns)}) ON CONFLICT (pipeline) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in columns),  # column names are ours, never input
+            (pipeline, *params),
+        )
+
+    def start_run(self, pipeline: str, run: RunRecord) -> None:
+        if self.read_only:
+            return
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO {SCHEMA}.runs VALUES (%s, %s, %s, %s, NULL, %s)",
+                (run.run_id, pipeline, run.status, run.started_at, _jsonb(run.counts)),
+            )
+
+    def finish_run(self, pipeline: str, run: RunRecord, *, watermark: Any, clear_checkpoint: bool) -> None:
+        if self.read_only:
+            return
+        values: dict[str, Any] = {}
+        if watermark is not None:
+            values["watermark"] = watermark
+        if clear_checkpoint:
+            values["checkpoint"] = None
+        with self._tx() as db, db.pipeline():
+            db.execute(
+                f"UPDATE {SCHEMA}.runs SET status=%s, finished_at=%s, counts=%s WHERE run_id=%s",
+                (run.status, run.finished_at, _jsonb(run.counts), run.run_id),
+            )
+            self._set_pipeline(db, pipeline, **values)
+
+    def reset(self, pipeline: str) -> None:
+        """Clear watermark, checkpoint, hashes and failures; keep target ids (no duplicates)."""
+        self._refuse_when_read_only(f"reset {pipeline!r}")
+        with self._tx() as db, db.pipeline():
+            db.execute(f"UPDATE {SCHEMA}.pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=%s", (pipeline,))
+            db.execute(f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND target_id IS NULL", (pipeline,))
+            db.execute(f"UPDATE {SCHEMA}.keys SET hash=NULL WHERE pipeline=%s", (pipeline,))
+            db.execute(f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s", (pipeline,))
+
+    # --- show ----------------------------------------------------------------
+
+    def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "pipeline": pipeline, "watermark": None, "checkpoint": None, "keys": 0, "lock": None,
+            "runs": [], "failed_total": 0, "failed": [],
+        }
+        if self._empty:
+            return shown
+        with self._errors():
+            db = self._db
+            row = self._pipeline_row(pipeline)
+            if row is not None:
+                shown["watermark"], shown["checkpoint"] = row
+            shown["keys"] = _scalar(db, f"SELECT count(*) FROM {SCHEMA}.keys WHERE pipeline=%s", pipeline)
+            shown["lock"] = self._lock_holder(pipeline)
+            shown["runs"] = [
+                {"run_id": r[0], "status": r[1], "started_at": r[2], "finished_at": r[3], **(r[4] or {})}
+                for r in db.execute(
+                    f"SELECT run_id, status, started_at, finished_at, counts FROM {SCHEMA}.runs "
+                    "WHERE pipeline=%s ORDER BY started_at DESC LIMIT %s", (pipeline, runs),
+                )
+            ]
+            shown["failed_total"] = _scalar(db, f"SELECT count(*) FROM {SCHEMA}.failed WHERE pipeline=%s", pipeline)
+            shown["failed"] = [
+                {"external_id": r[0], "error": r[1], "failed_at": r[2], "raw": json.loads(r[3])}
+                for r in db.execute(
+                    f"SELECT external_id, error, failed_at, raw FROM {SCHEMA}.failed WHERE pipeline=%s "
+                    "ORDER BY failed_at DESC LIMIT %s", (pipeline, failed),
+                )
+            ]
+        return shown
+
+    def close(self) -> None:
+        """Release the locks still held (the server would too, but only once it sees the session end)."""
+        try:
+            for pipeline, run_id in list(self._held.items()):
+                self._release(pipeline, run_id)
+        finally:
+            self._db.close()
+
+
+def _merge_hashes(rows: Sequence[tuple[str, str | None, str | None]]) -> dict[str, tuple[str | None, str | None]]:
+    """One row per key, as applying the rows in order would leave it (one upsert cannot touch a row twice)."""
+    merged: dict[str, tuple[str | None, str | None]] = {}
+    for key, digest, target_id in rows:
+        if target_id is None and key in merged:
+            target_id = merged[key][1]
+        merged[key] = (digest, target_id)
+    return merged
+
+
+def _lock_ids(key: int) -> tuple[int, int]:
+    """pg_locks shows a bigint advisory key as two oids: (classid, objid) = (high, low) 32 bits."""
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF
+    return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+
+def _jsonb(value: Any) -> Any:
+    return None if value is None else Jsonb(value)
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL; an error message that has one keeps it visibly."""
+    return value.replace("\x00", "\\x00")
+
+
+def _scalar(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+    row = db.execute(query, params).fetchone()
+    return None if row is None else row[0]

@@ -1,0 +1,133 @@
+"""The PostgreSQL target: a table keyed by `external_id`, one batched upsert per page.
+
+The table (`schema.table`, schema `public` by default) is created when
+missing with `external_id text PRIMARY KEY` and one column per field; a field
+added to the pipeline adds its column (`ADD COLUMN IF NOT EXISTS`). Existing
+tables, schemas and columns are looked up first, so a role that may only
+write rows can use a table made for it.
+
+Every field column is `jsonb`. That is what keeps each value's JSON type, as
+the SQLite target does with untyped columns: "07919" stays a JSON string (a
+`text` column would lose the difference from 7919, a numeric one its leading
+zero), 7919 a number, true a boolean, lists and objects stay queryable JSON
+(`record->>'k'`, `jsonb_array_elements`). A null or missing value is SQL NULL.
+A view with casts gives typed columns to whoever wants them.
+
+A page is one transaction of `INSERT ... ON CONFLICT (external_id) DO UPDATE`
+sent with `executemany` (psycopg 3 pipelines it: a few round trips per page,
+never one per record); a failure rolls the whole page back. Measured with
+100,000 records of 6 fields in pages of 100 against a local PostgreSQL 15
+(fsync off, 2 CPUs; seconds; loopback: median of 8 runs, 3 for the last two
+rows; the round trip added by a delaying TCP proxy, 1-2 runs):
+
+                                          loopback           1 ms round trip
+                                          insert  update     insert  update
+    executemany INSERT ... ON CONFLICT     3.4     3.2        13.1    12.5
+    COPY (text) to a temp table + merge    3.1     3.4        15.4    15.9
+    COPY (binary) to a temp table + merge  3.1     3.8
+    one INSERT ... SELECT FROM unnest()    4.2     4.2
+
+On loopback the two are even (the cost is building the JSON on the client,
+the same for both); with any network between, executemany wins: about 3.6
+round trips per page against 5.8 for COPY + merge (measured at 10 ms). It
+also needs no temp table, and a page that holds a key twice simply ends with
+its last write, where one merge statement must refuse to touch a row twice.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from runner.errors import TargetError
+from runner.model import PostgresTarget
+from runner.state.postgres import advisory_key, connect, describe, scrub
+from runner.targets.base import Write, WriteResult
+
+
+class PostgresTargetWriter:
+    def __init__(self, config: PostgresTarget, *, fields: list[str]) -> None:
+        self.config = config
+        self.fields = list(fields)
+        self.schema = config.schema or "public"
+        self.where = f"postgres target {self.schema}.{config.table}"
+        self._dsn = config.dsn.reveal()
+        self._table = sql.Identifier(self.schema, config.table)
+        self._db = connect(self._dsn, error=TargetError, where=f"{self.where} ({describe(self._dsn)})")
+        try:
+            with self._errors():
+                self._prepare()
+        except BaseException:
+            self._db.close()
+            raise
+        self._sql = self._upsert_sql()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise TargetError(
+                f"{self.where} ({describe(self._dsn)}): {scrub(str(exc).strip(), self._dsn)}"
+            ) from exc
+
+    def _prepare(self) -> None:
+        """Create what is missing (schema, table, columns); one process at a time."""
+        db = self._db
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(f"target {self.schema}.{self.config.table}"),))
+            if db.execute("SELECT 1 FROM pg_namespace WHERE nspname=%s", (self.schema,)).fetchone() is None:
+                db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            have = self._columns()
+            if have is None:
+                columns = [sql.SQL("external_id text PRIMARY KEY")]
+                columns += [sql.SQL("{} jsonb").format(sql.Identifier(f)) for f in self.fields]
+                db.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self._table, sql.SQL(", ").join(columns)))
+                return
+            if "external_id" not in have:
+                raise TargetError(f"{self.where}: the table exists but has no external_id column to upsert on")
+            for name in self.fields:
+                if name not in have:
+                    db.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} jsonb").format(self._table, sql.Identifier(name))
+                    )
+
+    def _columns(self) -> set[str] | None:
+        """The table's column names, or None when there is no such table."""
+        rows = self._db.execute(
+            "SELECT a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+            "WHERE n.nspname=%s AND c.relname=%s AND c.relkind IN ('r', 'p')",
+            (self.schema, self.config.table),
+        ).fetchall()
+        return {row[0] for row in rows if row[0] is not None} if rows else None
+
+    def _upsert_sql(self) -> sql.Composed:
+        columns = [sql.Identifier(c) for c in ("external_id", *self.fields)]
+        updates = sql.SQL(", ").join(sql.SQL("{0}=excluded.{0}").format(sql.Identifier(f)) for f in self.fields)
+        conflict = sql.SQL("DO UPDATE SET {}").format(updates) if self.fields else sql.SQL("DO NOTHING")
+        return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (external_id) {}").format(
+            self._table,
+            sql.SQL(", ").join(columns),
+            sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+            conflict,
+        )
+
+    def write(self, writes: Sequence[Write]) -> WriteResult:
+        rows = [[w.external_id, *(_cell(w.record.get(f)) for f in self.fields)] for w in writes]
+        if rows:
+            with self._errors(), self._db.transaction(), self._db.cursor() as cursor:
+                cursor.executemany(self._sql, rows)
+        return WriteResult()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _cell(value: Any) -> Any:
+    """A field's value as jsonb; None (null or missing) as SQL NULL."""
+    return None if value is None else Jsonb(value)
