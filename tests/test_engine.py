@@ -12,7 +12,7 @@ import pytest
 
 from runner.demo_api import DemoApi
 from runner.engine import RunResult, StopFlag, run
-from runner.errors import EtlError, FetchError, Interrupted
+from runner.errors import FetchError, Interrupted
 from runner.state.sqlite import SqliteStateStore
 
 NO_WAIT = {"sleep": lambda seconds: None}
