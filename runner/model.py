@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping, Union
 
 from jmespath.parser import ParsedResult
 
-from runner import functions
+from runner import expressions
 
 
 class Secret:
@@ -47,9 +47,13 @@ class Expr:
     text: str
     parsed: ParsedResult = field(repr=False, compare=False)
     key: str = ""
+    _evaluate: expressions.Evaluate = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_evaluate", expressions.evaluator(self.parsed.parsed))
 
     def search(self, data: Any) -> Any:
-        return self.parsed.search(data, options=functions.OPTIONS)
+        return self._evaluate(data)
 
 
 def frozen_map(values: Mapping[str, Any] | None = None) -> Mapping[str, Any]:

@@ -178,10 +178,11 @@ class SqliteStateStore:
                 "target_id=COALESCE(excluded.target_id, keys.target_id), updated_at=excluded.updated_at",
                 [(pipeline, key, h, tid, stamp) for key, h, tid in commit.hashes],
             )
-            db.executemany(
-                "DELETE FROM failed WHERE pipeline=? AND fkey=?",
-                [(pipeline, failure_key(key, None)) for key in commit.succeeded],
-            )
+            if commit.succeeded and _has_failures(db, pipeline):
+                db.executemany(
+                    "DELETE FROM failed WHERE pipeline=? AND fkey=?",
+                    [(pipeline, failure_key(key, None)) for key in commit.succeeded],
+                )
             db.executemany(
                 "INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?, ?, ?)",
                 [
@@ -267,6 +268,11 @@ class SqliteStateStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _has_failures(db: sqlite3.Connection, pipeline: str) -> bool:
+    """Most pipelines have no failed records: then a page's successes need no delete."""
+    return db.execute("SELECT 1 FROM failed WHERE pipeline=? LIMIT 1", (pipeline,)).fetchone() is not None
 
 
 def check_holder(pipeline: str, run_id: str, pid: int, host: str, since: str, my_host: str) -> None:
