@@ -39,6 +39,7 @@ import datetime as dt
 import email.utils
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -76,6 +77,10 @@ STATUS_HINTS = {
     403: "the credentials lack permission for this resource",
     404: "check the URL",
 }
+TLS_HINT = (
+    "the TLS/SSL handshake failed (not retried); check that the URL's scheme matches the server"
+    " (https to a plain-HTTP port fails so) and that its certificate is valid"
+)
 EXCERPT_BYTES = 4096
 DETAIL_CHARS = 200
 TOKEN_EARLY_EXPIRY = 30.0
@@ -379,7 +384,7 @@ class HttpClient:
     def _retryable(self, outcome: _Outcome, idempotent: bool) -> bool:
         if outcome.error is not None:
             allowed = RETRYABLE_ERRORS if idempotent else UNSENT_ERRORS
-            return isinstance(outcome.error, allowed)
+            return isinstance(outcome.error, allowed) and not _is_tls_failure(outcome.error)
         status = outcome.status or 0
         if not idempotent:
             return status == 429
@@ -457,6 +462,8 @@ class HttpClient:
     ) -> FetchError:
         if outcome.error is not None:
             message = f"request failed: {_describe(outcome.error)}"
+            if _is_tls_failure(outcome.error):
+                message += f"; {TLS_HINT}"
         else:
             status = outcome.status or 0
             hint = STATUS_HINTS.get(status)
@@ -558,6 +565,16 @@ def _excerpt(response: httpx.Response) -> str:
             break
     text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", errors="replace").split())
     return log.redact(text)[:DETAIL_CHARS]
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    """A TLS handshake that failed (wrong protocol, bad certificate): a new attempt fails the same way."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _describe(error: BaseException) -> str:

@@ -108,8 +108,11 @@ def _function(node: dict[str, Any]) -> Evaluate | None:
 
     def to_string(data: Any) -> Any:
         value = arg(data)
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is str:
             return value
+        if kind is int:  # what json.dumps gives, without its cost
+            return str(value)
         return json.dumps(value, separators=(",", ":"), default=str)
 
     return to_string

@@ -56,10 +56,13 @@ def key_string(value: Any) -> str | None:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+# one encoder, built once: json.dumps with options builds a new encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def content_hash(record: dict[str, Any]) -> str:
     """A stable hash of the mapped record (field names included), so a new field is a change."""
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    return hashlib.blake2b(_CANONICAL.encode(record).encode(), digest_size=16).hexdigest()
 
 
 def _safe_key(spec: MappingSpec, raw: Any) -> str | None:

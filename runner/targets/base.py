@@ -31,8 +31,11 @@ class Target(Protocol):
     def close(self) -> None: ...
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def json_cell(value: Any) -> Any:
     """Lists and objects are stored as JSON text; scalars keep their type."""
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if type(value) in (list, dict):
+        return _COMPACT.encode(value)
     return value

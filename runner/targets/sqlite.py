@@ -15,6 +15,11 @@ from runner.model import SqliteTarget
 from runner.targets.base import Write, WriteResult, json_cell
 
 
+# failures about the file or its disk, not the data: the message says what to check
+DISK_ERRORS = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
+DISK_HINT = "check that the path is a file in a writable directory and that the disk has free space"
+
+
 def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -29,7 +34,7 @@ class SqliteTargetWriter:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._prepare()
         except (sqlite3.Error, OSError) as exc:
-            raise TargetError(f"sqlite target {config.path} table {config.table}: {exc}") from exc
+            raise _error(config, exc) from exc
         self._sql = self._upsert_sql()
 
     def _prepare(self) -> None:
@@ -50,7 +55,8 @@ class SqliteTargetWriter:
         )
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
-        rows = [[w.external_id, *(json_cell(w.record.get(f)) for f in self.fields)] for w in writes]
+        fields = self.fields
+        rows = [[w.external_id, *map(json_cell, map(w.record.get, fields))] for w in writes]
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -60,8 +66,17 @@ class SqliteTargetWriter:
                 raise
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise TargetError(f"sqlite target {self.config.path} table {self.config.table}: {exc}") from exc
+            raise _error(self.config, exc) from exc
         return WriteResult()
 
     def close(self) -> None:
         self._db.close()
+
+
+def _error(config: SqliteTarget, exc: sqlite3.Error | OSError) -> TargetError:
+    """The TargetError for `exc`; a disk or file failure ("disk I/O error") gets its SQLite name and a hint."""
+    text = str(exc)
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    if isinstance(exc, OSError) or name.startswith(DISK_ERRORS):
+        text += f" ({name}); {DISK_HINT}" if name else f"; {DISK_HINT}"
+    return TargetError(f"sqlite target {config.path} table {config.table}: {text}")
