@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import sys
 import time
@@ -20,6 +21,8 @@ from runner import __version__, config, engine, log
 from runner.errors import ConfigError, EtlError, Problem
 from runner.model import Pipeline, Secret, StateConfig
 from runner.state import open_store
+
+logger = logging.getLogger("runner.cli")
 
 
 @click.group()
@@ -82,6 +85,7 @@ def run(
     the first non-zero one.
     """
     log.configure(fmt="json" if log_format == "json" else "text", verbose=verbose)
+    click.get_current_context().meta["etl.json_errors"] = log_format == "json"
     loaded = _load_all(pipelines, env_file)
     stop = engine.StopFlag()
     exit_code = 0
@@ -103,7 +107,10 @@ def _load_all(paths: tuple[str, ...], env_file: str | None) -> list[Pipeline]:
             problems.extend(exc.problems)
     if problems:
         for problem in problems:
-            click.echo(log.redact(str(problem)), err=True)
+            if _json_errors():
+                log.event(logger, "config.problem", level=logging.ERROR, **problem.as_dict())
+            else:
+                click.echo(log.redact(str(problem)), err=True)
         sys.exit(2)
     return loaded
 
@@ -159,7 +166,16 @@ def _signals(stop: engine.StopFlag) -> Iterator[None]:
 
 
 def _error(message: str) -> None:
-    click.echo(f"etl: error: {log.redact(message)}", err=True)
+    """One line on stderr: `etl: error: ...`, or a JSON `cli.error` event with --log-format json."""
+    if _json_errors():
+        log.event(logger, "cli.error", level=logging.ERROR, message=message)
+    else:
+        click.echo(f"etl: error: {log.redact(message)}", err=True)
+
+
+def _json_errors() -> bool:
+    context = click.get_current_context(silent=True)
+    return bool(context and context.meta.get("etl.json_errors"))
 
 
 @main.group()

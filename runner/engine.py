@@ -166,6 +166,7 @@ def _locked_run(
     started = time.monotonic()
     checkpoint = None if (restart or full_refresh) else _load_checkpoint(store, pipeline.name)
     source = pipeline.source
+    sleep = _interruptible(sleep, stop)
     client = HttpClient(
         timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
         headers=source.headers, max_response_bytes=source.max_response_bytes,
@@ -205,6 +206,22 @@ def _locked_run(
         pipeline, store, record, state, reader, client, error,
         dry_run=dry_run, resumed=checkpoint is not None, started=started,
     )
+
+
+def _interruptible(sleep: Callable[[float], None], stop: StopFlag) -> Callable[[float], None]:
+    """Retry and rate-limit waits end at once when a signal arrives, so a stop never waits
+    out a long Retry-After; the fetch then fails with Interrupted and nothing is lost."""
+
+    def wait(seconds: float) -> None:
+        if sleep is time.sleep:
+            stopped = stop.wait(seconds)
+        else:
+            sleep(seconds)
+            stopped = stop.is_set()
+        if stopped:
+            raise Interrupted(stop.reason)
+
+    return wait
 
 
 def _open_target(pipeline: Pipeline, transport: httpx.BaseTransport | None, sleep: Callable[[float], None]) -> Target:

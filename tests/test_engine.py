@@ -208,3 +208,26 @@ def test_incremental_sends_the_saved_watermark(tmp_path: Path, api: DemoApi) -> 
     full = run(path, full_refresh=True, **NO_WAIT)
     assert full.counts.processed == 1000 and full.counts.skipped == 1000
     assert mark
+
+
+
+def test_a_signal_cuts_a_long_retry_wait_short(tmp_path: Path) -> None:
+    """A stop requested while the client waits out a long Retry-After ends the run as interrupted at once."""
+    import threading
+    import time as clock
+
+    import httpx
+
+    def always_limited(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": "60"}, json={"error": "slow down"})
+
+    path = write_pipeline(tmp_path, "http://api.test")
+    flag = StopFlag()
+    timer = threading.Timer(0.3, flag.stop, args=("SIGTERM",))
+    timer.start()
+    started = clock.monotonic()
+    with pytest.raises(Interrupted) as caught:
+        run(path, stop=flag, transport=httpx.MockTransport(always_limited))
+    timer.join()
+    assert clock.monotonic() - started < 10
+    assert caught.value.exit_code == 143 and caught.value.result.status == "interrupted"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Protocol, Sequence
+
+from runner import log
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +56,10 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
+
 def log_takeover(pipeline: str, run_id: str, pid: int, host: str) -> None:
     """A lock whose process is gone is taken over; say so in the log."""
-    import logging
-
-    logging.getLogger("runner.state").warning(
-        "lock.taken_over", extra={"fields": {"pipeline_name": pipeline, "stale_run_id": run_id, "stale_pid": pid, "host": host}}
+    log.event(
+        logging.getLogger("runner.state"), "lock.taken_over", level=logging.WARNING,
+        stale_run_id=run_id, stale_pid=pid, host=host, locked_pipeline=pipeline,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runner.errors import LockError, StateError
-from runner.state.base import KeyState, PageCommit, RunRecord
+from runner.state.base import KeyState, PageCommit, RunRecord, log_takeover
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -278,8 +278,6 @@ def _has_failures(db: sqlite3.Connection, pipeline: str) -> bool:
 def check_holder(pipeline: str, run_id: str, pid: int, host: str, since: str, my_host: str) -> None:
     """Raise LockError while the holder lives; return (take over) when it is gone."""
     if host == my_host and not pid_alive(pid):
-        from runner.state.base import log_takeover
-
         log_takeover(pipeline, run_id, pid, host)
         return
     raise LockError(
