@@ -9,39 +9,37 @@ unchanged records are skipped by hash.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
 import httpx
-from jmespath.exceptions import JMESPathError
 
 from runner import log
 from runner.client import HttpClient
+from runner.committer import Checkpoint, Committer, Counts, RunState
 from runner.config import load_pipeline
 from runner.errors import EtlError, Interrupted
 from runner.incremental import Watermark
-from runner.mapping import Failed, Mapped, map_record
-from runner.model import Pipeline
-from runner.pagination import PageRequest
+from runner.model import HttpTarget, Pipeline
 from runner.prefetch import prefetch
-from runner.source import Page, SourceReader
-from runner.state import FailedRecord, RunRecord, StateStore, open_store
-from runner.state.base import PageCommit
-from runner.targets import Target, Write, WriteResult, dry_run_target, open_target
+from runner.source import SourceReader
+from runner.state import RunRecord, StateStore, open_store
+from runner.targets import Target, dry_run_target, open_target
 
 logger = logging.getLogger(__name__)
 
-# Pages fetched ahead of the one being committed: fetching overlaps with mapping and
-# writing, and memory stays bounded (this many pages, plus source.concurrency in flight).
+# Pages fetched ahead of the one being mapped, and pages mapped ahead of the one being
+# written: fetching, mapping and writing overlap, and memory stays bounded by these
+# counts (plus source.concurrency pages in flight).
 PREFETCH_PAGES = 2
+WRITE_BEHIND_PAGES = 2
 
 Progress = Callable[["Counts", int, float], None]
 
@@ -54,15 +52,6 @@ class StopFlag(threading.Event):
     def stop(self, reason: str) -> None:
         self.reason = reason
         self.set()
-
-
-@dataclass(slots=True)
-class Counts:
-    processed: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,36 +78,6 @@ class RunResult:
     def as_dict(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items() if k != "counts"}
         return {**data, **asdict(self.counts)}
-
-
-@dataclass(slots=True)
-class _Checkpoint:
-    next: PageRequest
-    pages: int
-    watermark: Any = None
-
-    def dumps(self) -> str:
-        return json.dumps({"next": self.next.to_json(), "pages": self.pages, "watermark": self.watermark})
-
-    @classmethod
-    def loads(cls, text: str) -> _Checkpoint:
-        data = json.loads(text)
-        return cls(PageRequest.from_json(data["next"]), data["pages"], data.get("watermark"))
-
-
-@dataclass(slots=True)
-class _Run:
-    """The mutable bookkeeping of one run; only the engine touches it."""
-
-    pipeline: Pipeline
-    store: StateStore
-    target: Target
-    run_id: str
-    counts: Counts = field(default_factory=Counts)
-    watermark: Watermark | None = None
-    first_failed: Watermark | None = None  # the earliest cursor value among failed records
-    pages: int = 0
-    checkpoint: str | None = None  # the last one committed
 
 
 def run(
@@ -173,31 +132,24 @@ def _locked_run(
         transport=transport, sleep=sleep,
     )
     record = RunRecord(run_id=run_id, started_at=_now())
-    state: _Run | None = None
+    state: RunState | None = None
     reader: SourceReader | None = None
     error: EtlError | None = None
     try:
         target = dry_run_target(stdout) if dry_run else _open_target(pipeline, transport, sleep)
-        state = _Run(pipeline, store, target, run_id)
+        state = RunState(pipeline, store, target)
         params = _base_params(pipeline, store, full_refresh)
         state.watermark = _tracker(pipeline, checkpoint)
         if checkpoint is not None:
-            state.pages, state.checkpoint = checkpoint.pages, checkpoint.dumps()
+            state.pages = state.planned = checkpoint.pages
+            state.checkpoint = checkpoint.dumps()
             log.event(logger, "run.resumed", level=logging.WARNING, from_page=checkpoint.pages + 1)
         store.start_run(pipeline.name, record)
         reader = SourceReader(
             source=source, send=client.send, params=params,
             start=checkpoint.next if checkpoint else None,
         )
-        try:
-            for page in prefetch(reader.pages(), depth=PREFETCH_PAGES):
-                _commit_page(state, page)
-                if on_progress is not None:
-                    on_progress(state.counts, state.pages, time.monotonic() - started)
-                if stop.is_set():
-                    raise Interrupted(stop.reason)
-        finally:
-            target.close()
+        _pump(state, reader, stop=stop, dry_run=dry_run, on_progress=on_progress, started=started)
     except EtlError as exc:
         error = exc
     finally:
@@ -206,6 +158,38 @@ def _locked_run(
         pipeline, store, record, state, reader, client, error,
         dry_run=dry_run, resumed=checkpoint is not None, started=started,
     )
+
+
+def _pump(
+    state: RunState, reader: SourceReader, *, stop: StopFlag, dry_run: bool,
+    on_progress: Progress | None, started: float,
+) -> None:
+    """Pages from the reader (fetched ahead) through the committer (writing behind)."""
+    threaded = not dry_run and not isinstance(state.pipeline.target, HttpTarget)
+    writer_store = open_store(state.pipeline.state) if threaded else state.store
+
+    def committed() -> None:
+        if on_progress is not None:
+            on_progress(state.counts, state.pages, time.monotonic() - started)
+
+    try:
+        committer = Committer(
+            state, writer_store=writer_store, depth=WRITE_BEHIND_PAGES if threaded else 0,
+            on_commit=committed, stopped=stop.is_set,
+        )
+        try:
+            for page in prefetch(reader.pages(), depth=PREFETCH_PAGES):
+                committer.submit(page)
+                if stop.is_set():
+                    break
+        finally:
+            committer.close()
+        if stop.is_set():
+            raise Interrupted(stop.reason)
+    finally:
+        state.target.close()
+        if writer_store is not state.store:
+            writer_store.close()
 
 
 def _interruptible(sleep: Callable[[float], None], stop: StopFlag) -> Callable[[float], None]:
@@ -229,9 +213,9 @@ def _open_target(pipeline: Pipeline, transport: httpx.BaseTransport | None, slee
     return open_target(pipeline.target, fields=fields, pipeline=pipeline.name, transport=transport, sleep=sleep)
 
 
-def _load_checkpoint(store: StateStore, name: str) -> _Checkpoint | None:
+def _load_checkpoint(store: StateStore, name: str) -> Checkpoint | None:
     text = store.checkpoint(name)
-    return None if text is None else _Checkpoint.loads(text)
+    return None if text is None else Checkpoint.loads(text)
 
 
 def _base_params(pipeline: Pipeline, store: StateStore, full_refresh: bool) -> dict[str, Any]:
@@ -247,7 +231,7 @@ def _base_params(pipeline: Pipeline, store: StateStore, full_refresh: bool) -> d
     return params
 
 
-def _tracker(pipeline: Pipeline, checkpoint: _Checkpoint | None) -> Watermark | None:
+def _tracker(pipeline: Pipeline, checkpoint: Checkpoint | None) -> Watermark | None:
     if pipeline.source.incremental is None:
         return None
     tracker = Watermark()
@@ -256,100 +240,8 @@ def _tracker(pipeline: Pipeline, checkpoint: _Checkpoint | None) -> Watermark | 
     return tracker
 
 
-def _commit_page(run: _Run, page: Page) -> None:
-    """Map, diff against state, write, then commit state: the heart of every run."""
-    pipeline, counts = run.pipeline, run.counts
-    mapped: dict[str, Mapped] = {}
-    failed: list[FailedRecord] = []
-    for raw in page.records:
-        counts.processed += 1
-        _observe_cursor(run, raw)
-        outcome = map_record(pipeline.mapping, raw)
-        if outcome is None:
-            counts.skipped += 1
-        elif isinstance(outcome, Failed):
-            failed.append(FailedRecord(outcome.external_id, raw, log.redact(outcome.error)))
-            _observe_failed(run, raw)
-        else:
-            if outcome.external_id in mapped:
-                counts.skipped += 1  # the same key twice in one page: the last one wins
-            mapped[outcome.external_id] = outcome
-    known = run.store.key_states(pipeline.name, list(mapped))
-    writes = []
-    for key, item in mapped.items():
-        state = known.get(key)
-        if state is not None and state.hash == item.hash:
-            counts.skipped += 1
-            continue
-        op = "create" if state is None else "update"
-        writes.append(Write(op, key, item.record, None if state is None else state.target_id))
-    result = _write(run, writes) if writes else None
-    hashes, succeeded = [], []
-    for write in writes:
-        error = result.errors.get(write.external_id) if result else None
-        if error is not None:
-            failed.append(FailedRecord(write.external_id, write.record, log.redact(error)))
-            continue
-        setattr(counts, write.op + "d", getattr(counts, write.op + "d") + 1)
-        target_id = result.target_ids.get(write.external_id) if result else None
-        hashes.append((write.external_id, mapped[write.external_id].hash, target_id))
-        succeeded.append(write.external_id)
-    counts.failed += len(failed)
-    run.pages += 1
-    checkpoint = None
-    if page.next is not None:
-        mark = run.watermark.value if run.watermark else None
-        checkpoint = _Checkpoint(page.next, run.pages, mark).dumps()
-    run.store.commit_page(pipeline.name, PageCommit(hashes, failed, succeeded, checkpoint))
-    run.checkpoint = checkpoint
-    log.event(
-        logger, "page.committed", level=logging.DEBUG, page=run.pages, records=len(page.records),
-        writes=len(writes), failed=len(failed),
-    )
-
-
-def _write(run: _Run, writes: list[Write]) -> WriteResult:
-    """Write one page; when it fails part-way, keep the target ids of what was created."""
-    try:
-        return run.target.write(writes)
-    except EtlError as exc:
-        partial: WriteResult | None = getattr(exc, "partial", None)
-        if partial is not None and partial.target_ids:
-            # no hash: these records are sent again next run, as updates of these ids
-            ids = [(key, None, target_id) for key, target_id in partial.target_ids.items()]
-            run.store.commit_page(run.pipeline.name, PageCommit(ids, [], [], run.checkpoint))
-        raise
-
-
-def _observe_cursor(run: _Run, raw: Any) -> None:
-    incremental = run.pipeline.source.incremental
-    if run.watermark is not None and incremental is not None:
-        value = _cursor_value(incremental.cursor_field, raw)
-        if value is not None:
-            run.watermark.observe(value)
-
-
-def _observe_failed(run: _Run, raw: Any) -> None:
-    """Remember the smallest cursor among failed records: the watermark must not pass it."""
-    incremental = run.pipeline.source.incremental
-    if incremental is None:
-        return
-    value = _cursor_value(incremental.cursor_field, raw)
-    if value is not None:
-        if run.first_failed is None:
-            run.first_failed = Watermark(lowest=True)
-        run.first_failed.observe(value)
-
-
-def _cursor_value(expr: Any, raw: Any) -> Any:
-    try:
-        return expr.search(raw)
-    except JMESPathError:  # a record whose cursor cannot be read does not move it
-        return None
-
-
 def _finish(
-    pipeline: Pipeline, store: StateStore, record: RunRecord, state: _Run | None,
+    pipeline: Pipeline, store: StateStore, record: RunRecord, state: RunState | None,
     reader: SourceReader | None, client: HttpClient, error: EtlError | None, *,
     dry_run: bool, resumed: bool, started: float,
 ) -> RunResult:
@@ -384,12 +276,12 @@ def _finish(
     return result
 
 
-def _target_count(state: _Run | None, name: str) -> int:
+def _target_count(state: RunState | None, name: str) -> int:
     """Requests (or retries) an http target made; other targets make none."""
     return int(getattr(state.target, name, 0)) if state is not None else 0
 
 
-def _new_watermark(state: _Run | None) -> Any:
+def _new_watermark(state: RunState | None) -> Any:
     """The greatest cursor value seen, held back to the earliest failed record's value."""
     if state is None or state.watermark is None:
         return None

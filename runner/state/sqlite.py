@@ -70,7 +70,9 @@ class SqliteStateStore:
             uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
             return sqlite3.connect(uri, uri=True, isolation_level=None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        # the engine's writer thread commits through its own store instance, opened on the
+        # engine's thread: one thread at a time uses a connection, never two at once
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db

@@ -30,7 +30,8 @@ class SqliteTargetWriter:
         self.fields = fields
         try:
             Path(config.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(config.path, isolation_level=None, timeout=30)
+            # opened here, written only by the engine's writer thread: never two threads at once
+            self._db = sqlite3.connect(config.path, isolation_level=None, timeout=30, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._prepare()
         except (sqlite3.Error, OSError) as exc:
