@@ -157,3 +157,27 @@ def test_unlock_clears_a_lock(store: SqliteStateStore) -> None:
     store._db.execute("INSERT INTO locks VALUES ('p', 'r', 1, 'elsewhere', 't')")
     assert store.unlock("p") is True and store.show("p")["lock"] is None
     assert store.unlock("p") is False
+
+
+def test_read_only_store_sees_commits_left_in_the_wal_by_a_killed_run(tmp_path: Path) -> None:
+    """After a writer dies without checkpointing, a read-only store still sees its commits."""
+    path = tmp_path / "s.db"
+    code = (
+        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; from runner.state.base import PageCommit;"
+        f"s=S(pathlib.Path({str(path)!r})); s.commit_page('p', PageCommit([('a','h',None)], [], [], '{{\"x\": 1}}')); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert Path(f"{path}-wal").exists()
+    store = SqliteStateStore(path, read_only=True)
+    assert store.key_states("p", ["a"])["a"].hash == "h"
+    assert store.checkpoint("p") == '{"x": 1}'
+    store.close()
+
+
+def test_read_only_store_on_an_unmigrated_file_is_empty(tmp_path: Path) -> None:
+    """A state file that exists but was never migrated reads as an empty store, not a crash."""
+    path = tmp_path / "s.db"
+    sqlite3.connect(path).close()
+    store = SqliteStateStore(path, read_only=True)
+    assert store.watermark("p") is None and store.show("p")["keys"] == 0
+    store.close()

@@ -65,16 +65,26 @@ class SqliteStateStore:
 
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
-            if not self.path.exists():
-                return sqlite3.connect(":memory:", isolation_level=None)
-            uri = f"{self.path.resolve().as_uri()}?mode=ro&immutable=1"
-            return sqlite3.connect(uri, uri=True, isolation_level=None)
+            return self._connect_read_only()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # the engine's writer thread commits through its own store instance, opened on the
         # engine's thread: one thread at a time uses a connection, never two at once
         db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """Read without creating or changing a file: immutably when the file is whole, and
+        through its write-ahead log when a killed run left one (its commits live there)."""
+        if not self.path.exists():
+            return sqlite3.connect(":memory:", isolation_level=None)
+        has_wal = Path(f"{self.path}-wal").exists()
+        mode = "mode=ro" if has_wal else "mode=ro&immutable=1"
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
+        if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # created, never migrated
+            db.close()
+            return sqlite3.connect(":memory:", isolation_level=None)
         return db
 
     def _migrate(self) -> None:
@@ -84,8 +94,13 @@ class SqliteStateStore:
                 f"state store {self.path} has schema version {version}, newer than this etl "
                 f"({len(MIGRATIONS)}); upgrade etl"
             )
-        if version == len(MIGRATIONS) or (self.read_only and self.path.exists()):
+        if version == len(MIGRATIONS):
             return
+        if self.read_only and version > 0:
+            raise StateError(
+                f"state store {self.path} has schema version {version}, older than this etl's "
+                f"{len(MIGRATIONS)}; run once without --dry-run to migrate it"
+            )
         with self._tx():
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
@@ -105,8 +120,12 @@ class SqliteStateStore:
         except sqlite3.Error as exc:
             raise StateError(f"state store {self.path}: {exc}") from exc
 
-    def _write(self) -> bool:
-        return not self.read_only
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
 
     # --- lock ----------------------------------------------------------------
 
@@ -150,20 +169,22 @@ class SqliteStateStore:
         return None if row is None else row[1]
 
     def _pipeline_row(self, pipeline: str) -> tuple[Any, ...] | None:
-        return self._db.execute(
-            "SELECT watermark, checkpoint FROM pipelines WHERE pipeline=?", (pipeline,)
-        ).fetchone()
+        with self._reading():
+            return self._db.execute(
+                "SELECT watermark, checkpoint FROM pipelines WHERE pipeline=?", (pipeline,)
+            ).fetchone()
 
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
         found: dict[str, KeyState] = {}
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
             marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT external_id, hash, target_id FROM keys "
-                f"WHERE pipeline=? AND external_id IN ({marks})",
-                [pipeline, *chunk],
-            )
+            with self._reading():
+                rows = self._db.execute(
+                    f"SELECT external_id, hash, target_id FROM keys "
+                    f"WHERE pipeline=? AND external_id IN ({marks})",
+                    [pipeline, *chunk],
+                ).fetchall()
             found.update((key, KeyState(h, t)) for key, h, t in rows)
         return found
 
@@ -239,6 +260,10 @@ class SqliteStateStore:
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
+        with self._reading():
+            return self._show(pipeline, runs, failed)
+
+    def _show(self, pipeline: str, runs: int, failed: int) -> dict[str, Any]:
         db = self._db
         keys = db.execute("SELECT COUNT(*) FROM keys WHERE pipeline=?", (pipeline,)).fetchone()[0]
         run_rows = db.execute(
