@@ -1,7 +1,8 @@
 """The one send path: every HTTP request of a run goes through `HttpClient.send`.
 
 It owns explicit timeouts (from config, never httpx's defaults), retries,
-`Retry-After`, the client-side rate limit, auth, the response size cap, one
+`Retry-After`, the client-side rate limit, applying auth on every attempt (the
+styles and the token cache live in `runner.auth`), the response size cap, one
 `http.request` log event per attempt, and the mapping of every httpx failure to
 `FetchError` (with the method and a redacted path, never a raw query secret).
 
@@ -34,7 +35,6 @@ Retry policy (stamina-style: narrow, named, bounded):
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import email.utils
 import logging
@@ -44,22 +44,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
 from runner import log
+from runner.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError, ResponseError
-from runner.model import (
-    ApiKeyAuth,
-    Auth,
-    BasicAuth,
-    BearerAuth,
-    OAuth2ClientCredentials,
-    RateLimit,
-    Retry,
-    Timeout,
-)
+from runner.model import Auth, RateLimit, Retry, Timeout
 from runner.ratelimit import RateLimiter
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -83,7 +75,6 @@ TLS_HINT = (
 )
 EXCERPT_BYTES = 4096
 DETAIL_CHARS = 200
-TOKEN_EARLY_EXPIRY = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 
 
@@ -120,134 +111,6 @@ class _Outcome:
     elapsed: float = 0.0
 
 
-# --- auth ----------------------------------------------------------------------
-
-
-class _Authenticator(Protocol):
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None: ...
-
-    def refresh(self, request: httpx.Request) -> bool:
-        """Forget the credential `request` used; True when repeating the request may help."""
-        ...
-
-
-class _StaticAuth:
-    """bearer, basic and api_key: fixed headers or query parameters."""
-
-    def __init__(
-        self, *, headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None
-    ) -> None:
-        self._headers = dict(headers or {})
-        self._params = dict(params or {})
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers.update(self._headers)
-        params.update(self._params)
-
-    def refresh(self, request: httpx.Request) -> bool:
-        return False
-
-
-class _OAuth2:
-    """Client credentials: one cached token for all threads, fetched on demand."""
-
-    def __init__(
-        self,
-        config: OAuth2ClientCredentials,
-        *,
-        post: Callable[[_RequestSpec], httpx.Response],
-        clock: Callable[[], float],
-    ) -> None:
-        self._config = config
-        self._post = post
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires_at = 0.0
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers["Authorization"] = f"Bearer {self._current()}"
-
-    def refresh(self, request: httpx.Request) -> bool:
-        with self._lock:  # only the first of several threads that saw a 401 drops the token
-            if request.headers.get("Authorization") == f"Bearer {self._token}":
-                self._token = None
-        return True
-
-    def _current(self) -> str:
-        with self._lock:  # held while fetching so that concurrent threads fetch once
-            if self._token is None or self._clock() >= self._expires_at:
-                self._token, self._expires_at = self._fetch()
-            return self._token
-
-    def _fetch(self) -> tuple[str, float]:
-        response = self._post(_token_request(self._config))
-        token, expires_in = _parse_token(response)
-        log.add_secrets([token])
-        if expires_in is None:
-            return token, float("inf")
-        return token, self._clock() + max(expires_in - TOKEN_EARLY_EXPIRY, expires_in / 2)
-
-
-def _token_request(config: OAuth2ClientCredentials) -> _RequestSpec:
-    form = {
-        "grant_type": "client_credentials",
-        "client_id": config.client_id,
-        "client_secret": config.client_secret.reveal(),
-    }
-    if config.scopes:
-        form["scope"] = " ".join(config.scopes)
-    return _RequestSpec("POST", config.token_url, data=form, headers={"Accept": "application/json"})
-
-
-def _parse_token(response: httpx.Response) -> tuple[str, float | None]:
-    path = log.redact_url(response.request.url)
-    where: dict[str, Any] = {"method": "POST", "path": path, "status": response.status_code}
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise ResponseError("the token response is not JSON", **where) from exc
-    token = body.get("access_token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not token:
-        raise ResponseError("the token response has no access_token", **where)
-    try:
-        return token, float(body["expires_in"])
-    except (KeyError, TypeError, ValueError):
-        return token, None
-
-
-def _make_auth(
-    auth: Auth | None,
-    *,
-    post: Callable[[_RequestSpec], httpx.Response],
-    clock: Callable[[], float],
-) -> _Authenticator | None:
-    """Register the auth's secrets with the log and build what applies it."""
-    if auth is None:
-        return None
-    if isinstance(auth, BearerAuth):
-        log.add_secrets([auth.token.reveal()])
-        return _StaticAuth(headers={"Authorization": f"Bearer {auth.token.reveal()}"})
-    if isinstance(auth, BasicAuth):
-        pair = f"{auth.username}:{auth.password.reveal()}".encode()
-        blob = base64.b64encode(pair).decode("ascii")
-        log.add_secrets([auth.password.reveal(), blob])
-        return _StaticAuth(headers={"Authorization": f"Basic {blob}"})
-    if isinstance(auth, ApiKeyAuth):
-        return _api_key_auth(auth)
-    log.add_secrets([auth.client_secret.reveal()])
-    return _OAuth2(auth, post=post, clock=clock)
-
-
-def _api_key_auth(auth: ApiKeyAuth) -> _StaticAuth:
-    log.add_secrets([auth.value.reveal()])
-    if auth.location == "query":
-        log.add_secret_params([auth.name])
-        return _StaticAuth(params={auth.name: auth.value.reveal()})
-    log.add_secret_headers([auth.name])
-    return _StaticAuth(headers={auth.name: auth.value.reveal()})
-
-
 # --- the client ------------------------------------------------------------------
 
 
@@ -279,7 +142,7 @@ class HttpClient:
         self._counter_lock = threading.Lock()
         self._requests = 0
         self._retries = 0
-        self._auth = _make_auth(auth, post=self._post_token, clock=clock)
+        self._auth = make_auth(auth, post=self._post_token, clock=clock)
         self._http = httpx.Client(
             transport=transport,
             timeout=_httpx_timeout(timeout),
@@ -323,13 +186,14 @@ class HttpClient:
         )
         return self._send(spec, idempotent=idempotent, auth=self._auth)
 
-    def _post_token(self, spec: _RequestSpec) -> httpx.Response:
+    def _post_token(self, token: TokenRequest) -> httpx.Response:
+        spec = _RequestSpec("POST", token.url, data=token.form, headers=token.headers)
         return self._send(spec, idempotent=True, auth=None)  # a token grant changes nothing
 
     # --- the retry loop ---------------------------------------------------------
 
     def _send(
-        self, spec: _RequestSpec, *, idempotent: bool | None, auth: _Authenticator | None
+        self, spec: _RequestSpec, *, idempotent: bool | None, auth: Authenticator | None
     ) -> httpx.Response:
         start = self._clock()
         attempt, budget, refreshed = 0, self.retry.max_attempts, False
@@ -397,7 +261,7 @@ class HttpClient:
 
     # --- one attempt ------------------------------------------------------------
 
-    def _build(self, spec: _RequestSpec, auth: _Authenticator | None) -> httpx.Request:
+    def _build(self, spec: _RequestSpec, auth: Authenticator | None) -> httpx.Request:
         headers, params = dict(spec.headers), dict(spec.params)
         if auth is not None:
             auth.apply(headers, params)
@@ -602,7 +466,7 @@ def _safe_path(url: str) -> str:
 
 
 def _may_refresh(
-    outcome: _Outcome, auth: _Authenticator | None, request: httpx.Request
+    outcome: _Outcome, auth: Authenticator | None, request: httpx.Request
 ) -> bool:
     """A 401 with a refreshable credential: drop it so that the next attempt fetches anew."""
     return outcome.status == 401 and auth is not None and auth.refresh(request)

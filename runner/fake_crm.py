@@ -1,6 +1,6 @@
 """A local fake CRM API: the `http` target's counterpart in the demo and the tests.
 
-A stdlib ThreadingHTTPServer on 127.0.0.1 that keeps contacts in memory:
+A `LocalServer` on 127.0.0.1 that keeps contacts in memory:
 
     POST  /contacts                      create; 201 {"id": "c_<n>", ...fields}
     PATCH /contacts/{id}                 merge the body into contact {id}; 404 if unknown
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Callable, Mapping, Union
 from urllib.parse import unquote, urlsplit
+
+from runner.localserver import Handler, LocalServer
 
 # a predicate on the request body returns None (accept) or (status, error text)
 FaultRule = Callable[[dict[str, Any]], Union[tuple[int, str], None]]
@@ -44,8 +43,15 @@ class LoggedRequest:
     body: Any  # the decoded JSON body, or None
 
 
-class FakeCrm:
+class _Handler(Handler):
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = Handler.dispatch
+
+
+class FakeCrm(LocalServer):
     """An in-memory contacts API on loopback; `start()` returns its base URL."""
+
+    handler_class = _Handler
+    thread_name = "fake-crm"
 
     def __init__(
         self,
@@ -54,7 +60,7 @@ class FakeCrm:
         token: str | None = None,
         fail_status_for: FaultRule | FaultTable | None = None,
     ) -> None:
-        self.port = port
+        super().__init__(port)
         self.token = token
         self.fail_status_for = fail_status_for
         self.objects: dict[str, dict[str, Any]] = {}
@@ -65,44 +71,6 @@ class FakeCrm:
         self._fail_next: list[int] = []
         self._drop_next = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # --- lifecycle -------------------------------------------------------------
-
-    def start(self) -> str:
-        self._server = _Server(("127.0.0.1", self.port), self)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-crm", daemon=True
-        )
-        self._thread.start()
-        return self.base_url
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            for conn in list(server.connections):  # idle keep-alive connections end now
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> FakeCrm:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        self.stop()
 
     # --- faults ----------------------------------------------------------------
 
@@ -122,7 +90,21 @@ class FakeCrm:
         """The logged POST, PATCH and PUT requests."""
         return [r for r in self.request_log if r.method in ("POST", "PATCH", "PUT")]
 
-    # --- request handling (called by the handler, under the lock) ---------------
+    # --- request handling -------------------------------------------------------
+
+    def handle(self, handler: Handler) -> None:
+        """Decode the request, answer it with `_handle`, and write the JSON answer."""
+        raw = handler.read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        status, answer, drop = self._handle(handler.command, urlsplit(handler.path).path, headers, body)
+        if drop:
+            handler.drop()  # committed, never answered: the client sees the connection close
+            return
+        handler.send_reply(status, json.dumps(answer).encode())
 
     def _handle(self, method: str, path: str, headers: dict[str, str], body: Any) -> tuple[int, Any, bool]:
         """Return (status, JSON answer, drop connection)."""
@@ -197,51 +179,6 @@ class FakeCrm:
         self._next_id += 1
         self.objects[object_id] = {**body, "id": object_id}
         return self.objects[object_id]
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], crm: FakeCrm) -> None:
-        self.crm = crm
-        self.connections: set[socket.socket] = set()
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # else head and body as two segments wait on delayed ACKs
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        self.server.connections.discard(self.connection)
-        super().finish()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        status, answer, drop = self.server.crm._handle(self.command, urlsplit(self.path).path, headers, body)
-        if drop:
-            self.close_connection = True
-            return  # committed, never answered: the client sees the connection close
-        data = json.dumps(answer).encode()
-        reason = self.responses.get(status, ("",))[0]
-        head = f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-        self.wfile.write(head.encode("latin-1") + data)  # one send: no wait between head and body
-
-    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass  # quiet: tests read request_log instead
 
 
 def main(argv: list[str] | None = None) -> None:

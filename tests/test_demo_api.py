@@ -13,7 +13,8 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from runner.demo_api import DemoApi, Faults, make_record
+from runner.demo_api import DemoApi, Faults
+from runner.demo_data import make_record
 from runner.incremental import parse_timestamp
 from runner.pagination import parse_link_header
 
