@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import random
-import threading
 import traceback
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,32 +31,11 @@ from runner.model import (
     Timeout,
 )
 
+from fakes import WALL, FakeTime
+
 BASE = "https://api.test"
 URL = f"{BASE}/v1/items"
-WALL = 1_700_000_000.0
 SEED = 1234
-
-
-class FakeTime:
-    """Monotonic and wall clocks that move only when the client sleeps; sleeps recorded."""
-
-    def __init__(self, *, frozen: bool = False) -> None:
-        self.now = 0.0
-        self.frozen = frozen
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return WALL + self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            if not self.frozen:
-                self.now += seconds
 
 
 @pytest.fixture

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from fakes import FakeTime
+
 from runner.ratelimit import RateLimiter
-
-
-class FakeTime:
-    """A monotonic clock that moves only when someone sleeps."""
-
-    def __init__(self, *, frozen: bool = False) -> None:
-        self.now = 0.0
-        self.frozen = frozen
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            if not self.frozen:
-                self.now += seconds
 
 
 def test_first_call_does_not_wait() -> None:

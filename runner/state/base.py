@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol, Sequence
+from typing import Any, ContextManager, Iterator, Protocol, Sequence
 
 from runner import log
 
@@ -41,6 +42,29 @@ class PageCommit:
     failed: Sequence[FailedRecord]
     succeeded: Sequence[str]  # keys whose earlier failures are cleared
     checkpoint: str | None
+
+
+class RunLock:
+    """The `lock()` both stores share: acquire, run, release; a read-only store takes none."""
+
+    read_only: bool
+
+    @contextmanager
+    def lock(self, pipeline: str, run_id: str) -> Iterator[None]:
+        if self.read_only:
+            yield
+            return
+        self._acquire(pipeline, run_id)
+        try:
+            yield
+        finally:
+            self._release(pipeline, run_id)
+
+    def _acquire(self, pipeline: str, run_id: str) -> None:
+        raise NotImplementedError
+
+    def _release(self, pipeline: str, run_id: str) -> None:
+        raise NotImplementedError
 
 
 class StateStore(Protocol):

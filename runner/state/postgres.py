@@ -33,7 +33,7 @@ from psycopg.types.json import Jsonb
 
 from runner.errors import LockError, StateError
 from runner.pg import advisory_key, connect, describe, scrub
-from runner.state.base import KeyState, PageCommit, RunRecord
+from runner.state.base import KeyState, PageCommit, RunLock, RunRecord
 from runner.state.sqlite import failure_key, now_iso
 
 SCHEMA = "etl_state"
@@ -65,7 +65,7 @@ _MIGRATE_KEY = advisory_key("etl_state migrate")
 # --- the store ----------------------------------------------------------------------
 
 
-class PostgresStateStore:
+class PostgresStateStore(RunLock):
     """State in the `etl_state` schema of one PostgreSQL database, shared by all pipelines."""
 
     def __init__(self, dsn: str, *, read_only: bool = False) -> None:
@@ -137,17 +137,6 @@ class PostgresStateStore:
             raise StateError(f"{self.where}: opened read-only, cannot {action}")
 
     # --- lock ----------------------------------------------------------------
-
-    @contextmanager
-    def lock(self, pipeline: str, run_id: str) -> Iterator[None]:
-        if self.read_only:
-            yield
-            return
-        self._acquire(pipeline, run_id)
-        try:
-            yield
-        finally:
-            self._release(pipeline, run_id)
 
     def _acquire(self, pipeline: str, run_id: str) -> None:
         if pipeline in self._held:

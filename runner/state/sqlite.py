@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runner.errors import LockError, StateError
-from runner.state.base import KeyState, PageCommit, RunRecord, log_takeover
+from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -51,7 +51,7 @@ def failure_key(external_id: str | None, raw: Any) -> str:
     return "raw:" + json.dumps(raw, sort_keys=True, default=str)[:500]
 
 
-class SqliteStateStore:
+class SqliteStateStore(RunLock):
     """State in one SQLite file (default `.etl/state.db`), shared by all pipelines."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -129,17 +129,9 @@ class SqliteStateStore:
 
     # --- lock ----------------------------------------------------------------
 
-    @contextmanager
-    def lock(self, pipeline: str, run_id: str) -> Iterator[None]:
-        if self.read_only:
-            yield
-            return
-        self._acquire(pipeline, run_id)
-        try:
-            yield
-        finally:
-            with self._tx() as db:
-                db.execute("DELETE FROM locks WHERE pipeline=? AND run_id=?", (pipeline, run_id))
+    def _release(self, pipeline: str, run_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM locks WHERE pipeline=? AND run_id=?", (pipeline, run_id))
 
     def _acquire(self, pipeline: str, run_id: str) -> None:
         host, pid = socket.gethostname(), os.getpid()
