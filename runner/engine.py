@@ -166,13 +166,15 @@ def _pump(
 ) -> None:
     """Pages from the reader (fetched ahead) through the committer (writing behind)."""
     threaded = not dry_run and not isinstance(state.pipeline.target, HttpTarget)
-    writer_store = open_store(state.pipeline.state) if threaded else state.store
+    writer_store = state.store
 
     def committed() -> None:
         if on_progress is not None:
             on_progress(state.counts, state.pages, time.monotonic() - started)
 
     try:
+        if threaded:
+            writer_store = open_store(state.pipeline.state)  # the writer's own connection
         committer = Committer(
             state, writer_store=writer_store, depth=WRITE_BEHIND_PAGES if threaded else 0,
             on_commit=committed, stopped=stop.is_set,
