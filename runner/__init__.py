@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 from runner.config import load_pipeline
-from runner.engine import Counts, RunResult, StopFlag, run
+from runner.committer import Counts
+from runner.engine import RunResult, StopFlag, run
 from runner.errors import ConfigError, EtlError
 
 __all__ = ["ConfigError", "Counts", "EtlError", "RunResult", "StopFlag", "load_pipeline", "run"]

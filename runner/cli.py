@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import click
 
 from runner import __version__, config, engine, log
+from runner.committer import Counts
 from runner.errors import ConfigError, EtlError, Problem
 from runner.model import Pipeline, Secret, StateConfig
 from runner.state import open_store
@@ -115,10 +116,15 @@ def _load_all(paths: tuple[str, ...], env_file: str | None) -> list[Pipeline]:
     return loaded
 
 
-def _run_one(pipeline: Pipeline, stop: engine.StopFlag, **options: bool) -> int:
+def _run_one(
+    pipeline: Pipeline, stop: engine.StopFlag, *, dry_run: bool, full_refresh: bool, restart: bool
+) -> int:
     progress = _Progress() if sys.stderr.isatty() else None
     try:
-        result = engine.run(pipeline, stop=stop, on_progress=progress, **options)
+        result = engine.run(
+            pipeline, stop=stop, on_progress=progress,
+            dry_run=dry_run, full_refresh=full_refresh, restart=restart,
+        )
     except EtlError as exc:
         _error(f"{pipeline.file or pipeline.name}: {exc}")
         return exc.exit_code
@@ -134,7 +140,7 @@ class _Progress:
     def __init__(self) -> None:
         self._shown = 0.0
 
-    def __call__(self, counts: engine.Counts, pages: int, elapsed: float) -> None:
+    def __call__(self, counts: Counts, pages: int, elapsed: float) -> None:
         now = time.monotonic()
         if now - self._shown < 0.1:
             return

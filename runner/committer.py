@@ -127,8 +127,10 @@ def _diff(
         if state is not None and state.hash == item.hash:
             counts.skipped += 1
             continue
-        op = "create" if state is None else "update"
-        writes.append(Write(op, key, item.record, None if state is None else state.target_id))
+        if state is None:
+            writes.append(Write("create", key, item.record))
+        else:
+            writes.append(Write("update", key, item.record, state.target_id))
         pending[key] = (item.hash, run.planned)
     return writes
 

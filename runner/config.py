@@ -236,7 +236,7 @@ def _compile(text: str, path: KeyPath, report: _Report) -> ParsedResult | None:
     except JMESPathError as exc:
         report.add(path, _jmespath_message(text, exc))
         return None
-    known = functions.OPTIONS.custom_functions.FUNCTION_TABLE
+    known = functions.FUNCTIONS.FUNCTION_TABLE
     unknown = [name for name in _function_names(parsed.parsed) if name not in known]
     for name in dict.fromkeys(unknown):
         hint = suggest(name, sorted(known), "known functions")

@@ -86,4 +86,5 @@ class EtlFunctions(jp.Functions):
         return next((v for v in values if v is not None), None)
 
 
-OPTIONS = jmespath.Options(custom_functions=EtlFunctions())
+FUNCTIONS = EtlFunctions()
+OPTIONS = jmespath.Options(custom_functions=FUNCTIONS)
