@@ -116,9 +116,9 @@ def _get(client: httpx.Client, endpoint: str, params: dict[str, Any]) -> httpx.R
 # --- sync: the naive baseline -------------------------------------------------------
 
 
-def sync(url: str, style: str, per_page: int, db_path: str) -> dict[str, Any]:
+def sync(url: str, style: str, per_page: int, db_path: str, journal: str = "wal") -> dict[str, Any]:
     db = sqlite3.connect(db_path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA journal_mode={journal}")
     db.execute(f"CREATE TABLE IF NOT EXISTS items (external_id TEXT PRIMARY KEY, {', '.join(COLUMNS)})")
     sql = (
         f"INSERT INTO items (external_id, {', '.join(COLUMNS)}) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
@@ -167,11 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=0, help="fetch: how many records the API holds")
     parser.add_argument("--threads", type=int, default=1, help="fetch: concurrent requests (page/offset)")
     parser.add_argument("--db", default="naive.db", help="sync: the SQLite file")
+    parser.add_argument(
+        "--journal", default="wal", choices=("wal", "delete"),
+        help="sync: SQLite journal mode; wal (the default) matches etl's target, delete is sqlite3's default",
+    )
     args = parser.parse_args(argv)
     if args.mode == "fetch":
         result = fetch(args.url, args.style, args.per_page, args.records, args.threads)
     else:
-        result = sync(args.url, args.style, args.per_page, args.db)
+        result = sync(args.url, args.style, args.per_page, args.db, args.journal)
     print(json.dumps(result))
     return 0
 
