@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runner.errors import LockError, StateError
+from runner.sqlitebatch import insert_rows
 from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover
 
 MIGRATIONS: tuple[str, ...] = (
@@ -187,11 +188,10 @@ class SqliteStateStore(RunLock):
             return
         stamp = now_iso()
         with self._tx() as db:
-            db.executemany(
-                "INSERT INTO keys VALUES (?, ?, ?, ?, ?) ON CONFLICT (pipeline, external_id) "
-                "DO UPDATE SET hash=excluded.hash, "
+            insert_rows(
+                db, "INSERT INTO keys", [(pipeline, key, h, tid, stamp) for key, h, tid in commit.hashes],
+                "ON CONFLICT (pipeline, external_id) DO UPDATE SET hash=excluded.hash, "
                 "target_id=COALESCE(excluded.target_id, keys.target_id), updated_at=excluded.updated_at",
-                [(pipeline, key, h, tid, stamp) for key, h, tid in commit.hashes],
             )
             if commit.succeeded and _has_failures(db, pipeline):
                 db.executemany(

@@ -12,6 +12,7 @@ from typing import Sequence
 
 from runner.errors import TargetError
 from runner.model import SqliteTarget
+from runner.sqlitebatch import insert_rows
 from runner.targets.base import Write, WriteResult, json_cell
 
 
@@ -36,7 +37,7 @@ class SqliteTargetWriter:
             self._prepare()
         except (sqlite3.Error, OSError) as exc:
             raise _error(config, exc) from exc
-        self._sql = self._upsert_sql()
+        self._head, self._tail = self._upsert_sql()
 
     def _prepare(self) -> None:
         table = quote(self.config.table)
@@ -46,14 +47,13 @@ class SqliteTargetWriter:
             if name not in have:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
 
-    def _upsert_sql(self) -> str:
+    def _upsert_sql(self) -> tuple[str, str]:
+        """The statement around its VALUES rows: `INSERT INTO t (...)` and `ON CONFLICT ...`."""
         columns = ["external_id", *self.fields]
         updates = ", ".join(f"{quote(f)}=excluded.{quote(f)}" for f in self.fields)
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        return (
-            f"INSERT INTO {quote(self.config.table)} ({', '.join(map(quote, columns))}) "
-            f"VALUES ({', '.join('?' * len(columns))}) ON CONFLICT (external_id) {conflict}"
-        )
+        head = f"INSERT INTO {quote(self.config.table)} ({', '.join(map(quote, columns))})"
+        return head, f"ON CONFLICT (external_id) {conflict}"
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
         fields = self.fields
@@ -61,7 +61,7 @@ class SqliteTargetWriter:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(self._sql, rows)
+                insert_rows(self._db, self._head, rows, self._tail)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
