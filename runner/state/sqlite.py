@@ -109,8 +109,15 @@ class SqliteStateStore(RunLock):
                 self._db.execute(f"PRAGMA user_version = {number}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _errors(self) -> Iterator[None]:
         try:
+            yield
+        except sqlite3.Error as exc:
+            raise StateError(f"state store {self.path}: {exc}") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
@@ -118,15 +125,6 @@ class SqliteStateStore(RunLock):
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.Error as exc:
-            raise StateError(f"state store {self.path}: {exc}") from exc
 
     # --- lock ----------------------------------------------------------------
 
@@ -162,7 +160,7 @@ class SqliteStateStore(RunLock):
         return None if row is None else row[1]
 
     def _pipeline_row(self, pipeline: str) -> tuple[Any, ...] | None:
-        with self._reading():
+        with self._errors():
             return self._db.execute(
                 "SELECT watermark, checkpoint FROM pipelines WHERE pipeline=?", (pipeline,)
             ).fetchone()
@@ -172,7 +170,7 @@ class SqliteStateStore(RunLock):
         for start in range(0, len(keys), _CHUNK):
             chunk = list(keys[start : start + _CHUNK])
             marks = ",".join("?" * len(chunk))
-            with self._reading():
+            with self._errors():
                 rows = self._db.execute(
                     f"SELECT external_id, hash, target_id FROM keys "
                     f"WHERE pipeline=? AND external_id IN ({marks})",
@@ -209,13 +207,14 @@ class SqliteStateStore(RunLock):
             self._set_pipeline(db, pipeline, checkpoint=commit.checkpoint)
 
     def _set_pipeline(self, db: sqlite3.Connection, pipeline: str, **values: Any) -> None:
+        """Upsert the pipeline's row with `values` (watermark, checkpoint) in one statement."""
+        columns = ["pipeline", "updated_at", *values]
+        updates = ", ".join(f"{c}=excluded.{c}" for c in columns[1:])
         db.execute(
-            "INSERT INTO pipelines (pipeline, updated_at) VALUES (?, ?) "
-            "ON CONFLICT (pipeline) DO UPDATE SET updated_at=excluded.updated_at",
-            (pipeline, now_iso()),
+            f"INSERT INTO pipelines ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT (pipeline) DO UPDATE SET {updates}",
+            (pipeline, now_iso(), *values.values()),
         )
-        for column, value in values.items():
-            db.execute(f"UPDATE pipelines SET {column}=? WHERE pipeline=?", (value, pipeline))
 
     def start_run(self, pipeline: str, run: RunRecord) -> None:
         if self.read_only:
@@ -252,7 +251,7 @@ class SqliteStateStore(RunLock):
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
-        with self._reading():
+        with self._errors():
             return self._show(pipeline, runs, failed)
 
     def _show(self, pipeline: str, runs: int, failed: int) -> dict[str, Any]:
