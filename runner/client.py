@@ -351,6 +351,8 @@ class HttpClient:
     def _log_attempt(
         self, request: httpx.Request, outcome: _Outcome, attempt: int, retry_in: float | None = None
     ) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
         fields: dict[str, Any] = {"method": request.method, "path": log.redact_url(request.url)}
         if outcome.error is not None:
             fields["error"] = type(outcome.error).__name__

@@ -27,7 +27,7 @@ from jmespath.exceptions import JMESPathError
 from runner import log
 from runner.errors import EtlError
 from runner.incremental import Watermark
-from runner.mapping import Failed, Mapped, map_record
+from runner.mapping import Failed, Mapped, Mapper
 from runner.model import Pipeline
 from runner.pagination import PageRequest
 from runner.source import Page
@@ -77,6 +77,10 @@ class RunState:
     planned: int = 0  # pages planned (the page number of the last plan)
     pages: int = 0  # pages committed
     checkpoint: str | None = None  # the last one committed
+    mapper: Mapper = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mapper = Mapper(self.pipeline.mapping)
 
 
 @dataclass(slots=True)
@@ -96,10 +100,11 @@ class PagePlan:
 def plan_page(run: RunState, page: Page, pending: dict[str, tuple[str, int]]) -> PagePlan:
     """Map a page and diff it against the state store and the plans not yet committed."""
     counts, mapped, failed = Counts(), {}, []
+    map_record = run.mapper.map
     for raw in page.records:
         counts.processed += 1
         _observe(run, raw, failed=False)
-        outcome = map_record(run.pipeline.mapping, raw)
+        outcome = map_record(raw)
         if outcome is None:
             counts.skipped += 1
         elif isinstance(outcome, Failed):

@@ -105,17 +105,40 @@ def _function(node: dict[str, Any]) -> Evaluate | None:
     if node["value"] != "to_string" or args is None or len(args) != 1:
         return None
     (arg,) = args
+    return lambda data: to_string(arg(data))
 
-    def to_string(data: Any) -> Any:
-        value = arg(data)
-        kind = type(value)
-        if kind is str:
-            return value
-        if kind is int:  # what json.dumps gives, without its cost
-            return str(value)
-        return json.dumps(value, separators=(",", ":"), default=str)
 
-    return to_string
+def to_string(value: Any) -> str:
+    """JMESPath's to_string: a string as it is, anything else as compact JSON."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if kind is int:  # what json.dumps gives, without its cost
+        return str(value)
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> str | None:
+    """Python source of a plain path (`a.b.c`, `to_string(a.b)`) over the object `var`.
+
+    None when the expression is anything else. `var` must hold a dict (the caller
+    checks); each further step reads a dict or gives null, as JMESPath does.
+    `temps()` names a fresh local for the walrus that keeps each step's value.
+    """
+    kind = node["type"]
+    if kind == "field":
+        return f"{var}.get({node['value']!r})"
+    if kind == "subexpression":
+        left, right = node["children"]
+        inner = inline_source(left, var, temps)
+        if inner is None or right["type"] != "field":
+            return None
+        temp = temps()
+        return f"({temp}.get({right['value']!r}) if type({temp} := {inner}) is dict else None)"
+    if kind == "function_expression" and node["value"] == "to_string" and len(node["children"]) == 1:
+        inner = inline_source(node["children"][0], var, temps)
+        return None if inner is None else f"_to_string({inner})"
+    return None
 
 
 def _projection(node: dict[str, Any]) -> Evaluate | None:

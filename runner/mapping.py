@@ -1,20 +1,30 @@
 """Record selection and field mapping: one source record -> a keyed, hashed output record.
 
-The mapping's expressions were compiled at load (`config.py`); here they only
-run. A record either maps (`Mapped`), is filtered out (`None`), or fails
-(`Failed`, kept with its raw record and the reason so the run can go on).
+The mapping's expressions were compiled at load (`config.py`); a `Mapper`
+turns the whole mapping into one generated Python function, so a record is
+mapped by one call instead of one interpreter walk per field: plain paths
+(`a.b.c`, `to_string(id)`) become inline dict reads, any other expression
+calls its compiled evaluator. A record either maps (`Mapped`), is filtered
+out (`None`), or fails (`Failed`, kept with its raw record and the reason so
+the run can go on).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from jmespath.exceptions import JMESPathError
 
-from runner.model import MappingSpec
+from runner.expressions import inline_source, to_string
+from runner.model import Expr, MappingSpec
+
+# what makes a record fail instead of the run: an expression's type or value error
+RECORD_ERRORS = (JMESPathError, ValueError, TypeError, ArithmeticError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,44 +41,148 @@ class Failed:
     error: str
 
 
-def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
-    """Map one source record; None means the filter skipped it."""
-    try:
+# (key value, record, values in sorted field-name order) or None when the filter skips
+_Outcome = tuple[Any, dict[str, Any], tuple[Any, ...]] | None
+
+
+class Mapper:
+    """One mapping, made into one function of the raw record; build once per run."""
+
+    def __init__(self, spec: MappingSpec) -> None:
+        self.spec = spec
+        names = [name for name, _ in spec.fields]
+        self._hasher = _seeded(sorted(names))
+        self._fast = _generate(spec)
+
+    def map(self, raw: Any) -> Mapped | Failed | None:
+        """Map one source record; None means the filter skipped it."""
+        try:
+            outcome = self._fast(raw) if type(raw) is dict else self._slow(raw)
+            if outcome is None:
+                return None
+            key_value, record, ordered = outcome
+            key = key_string(key_value)
+        except RECORD_ERRORS as exc:
+            return Failed(_safe_key(self.spec, raw), raw, f"{type(exc).__name__}: {exc}")
+        if key is None:
+            return Failed(None, raw, f"external_id ({self.spec.external_id.text}) is null or empty")
+        return Mapped(key, record, _digest(self._hasher, ordered))
+
+    def _slow(self, raw: Any) -> _Outcome:
+        """The same outcome through each expression's own evaluator (a record that is no object)."""
+        spec = self.spec
         if spec.filter is not None and not _truthy(spec.filter.search(raw)):
             return None
-        key = key_string(spec.external_id.search(raw))
+        key = spec.external_id.search(raw)
         record = {name: expr.search(raw) for name, expr in spec.fields}
-    except (JMESPathError, ValueError, TypeError, ArithmeticError) as exc:
-        return Failed(_safe_key(spec, raw), raw, f"{type(exc).__name__}: {exc}")
-    if key is None:
-        return Failed(None, raw, f"external_id ({spec.external_id.text}) is null or empty")
-    return Mapped(key, record, content_hash(record))
+        return key, record, tuple(record[name] for name in sorted(record))
+
+
+def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
+    """Map one record with `spec` (its Mapper is built once and kept)."""
+    return _mapper(spec).map(raw)
+
+
+@functools.lru_cache(maxsize=32)
+def _mapper(spec: MappingSpec) -> Mapper:
+    return Mapper(spec)
 
 
 def key_string(value: Any) -> str | None:
     """The external_id made a string: strings as they are, other values as compact JSON."""
     if value is None or value == "":
         return None
-    if isinstance(value, str):
-        return value
+    if type(value) is str:
+        return value  # type: ignore[no-any-return]
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-# one encoder, built once: json.dumps with options builds a new encoder per call
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+# --- the content hash ---------------------------------------------------------------------
+
+# the hash's version: a change here makes every stored hash differ, so one run updates all
+_HASH_VERSION = b"etl-content-hash-2\0"
+_NESTED = (dict, list)
 
 
 def content_hash(record: dict[str, Any]) -> str:
-    """A stable hash of the mapped record (field names included), so a new field is a change."""
-    return hashlib.blake2b(_CANONICAL.encode(record).encode(), digest_size=16).hexdigest()
+    """A stable hash of a mapped record, field names included, so a new field is a change."""
+    names = sorted(record)
+    return _digest(_seeded(names), tuple(record[name] for name in names))
+
+
+def _seeded(names: list[str]) -> Any:
+    """A hasher that has already read the version and the sorted field names."""
+    return hashlib.blake2b(_HASH_VERSION + repr(names).encode(), digest_size=16)
+
+
+def _digest(seeded: Any, values: tuple[Any, ...]) -> str:
+    """Hash values by their repr, which is exact for JSON values: 1, 1.0, "1" and true
+    all differ. Objects go in with their keys sorted, so a reordered object is no change."""
+    for value in values:
+        if type(value) in _NESTED and not _plain(value):
+            values = tuple(map(_canonical, values))
+            break
+    hasher = seeded.copy()
+    hasher.update(repr(values).encode())
+    return hasher.hexdigest()  # type: ignore[no-any-return]
+
+
+def _plain(value: dict[str, Any] | list[Any]) -> bool:
+    """True when `value` holds no object at any depth: then its repr is already canonical."""
+    if type(value) is dict:
+        return False
+    kinds = set(map(type, value))
+    if dict in kinds:
+        return False
+    return list not in kinds or all(_plain(item) for item in value if type(item) is list)
+
+
+def _canonical(value: Any) -> Any:
+    """Objects as ("object", sorted items), at any depth; a tuple never comes out of JSON."""
+    kind = type(value)
+    if kind is dict:
+        return ("object", tuple((key, _canonical(item)) for key, item in sorted(value.items())))
+    if kind is list:
+        return [_canonical(item) for item in value]
+    return value
+
+
+# --- the generated function ------------------------------------------------------------------
+
+
+def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
+    """Python source for the whole mapping over a dict record `r`, compiled once."""
+    counter = itertools.count()
+    names: dict[str, Any] = {"_to_string": to_string, "_truthy": _truthy}
+
+    def source(expr: Expr) -> str:
+        inline = inline_source(expr.parsed.parsed, "r", lambda: f"_t{next(counter)}")
+        if inline is not None:
+            return inline
+        name = f"_e{next(counter)}"
+        names[name] = expr.search
+        return f"{name}(r)"
+
+    lines = ["def _map(r):"]
+    if spec.filter is not None:
+        lines.append(f"    if not _truthy({source(spec.filter)}):\n        return None")
+    locals_ = {name: f"_f{i}" for i, (name, _) in enumerate(spec.fields)}
+    for name, expr in spec.fields:
+        lines.append(f"    {locals_[name]} = {source(expr)}")
+    record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
+    ordered = "".join(f"{locals_[name]}, " for name in sorted(locals_))
+    lines.append(f"    return {source(spec.external_id)}, {{{record}}}, ({ordered})")
+    code = "\n".join(lines)
+    exec(compile(code, f"<mapping {spec.external_id.key or 'mapping'}>", "exec"), names)  # noqa: S102
+    return names["_map"]  # type: ignore[no-any-return]
 
 
 def _safe_key(spec: MappingSpec, raw: Any) -> str | None:
     try:
         return key_string(spec.external_id.search(raw))
-    except (JMESPathError, ValueError, TypeError, ArithmeticError):
+    except RECORD_ERRORS:
         return None
 
 

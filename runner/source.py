@@ -154,10 +154,11 @@ class SourceReader:
         elif len(records) == room and following is not None:
             self._stop("max_items", self.source.limits.max_items)
         self.items_read += len(records)
-        log.event(
-            logger, "source.page", level=logging.DEBUG, page=self.pages_read, records=len(records),
-            request=request.target(),
-        )
+        if logger.isEnabledFor(logging.DEBUG):  # target() parses the URL: only when it is shown
+            log.event(
+                logger, "source.page", level=logging.DEBUG, page=self.pages_read,
+                records=len(records), request=request.target(),
+            )
         return Page(self.pages_read, request, records, following)
 
     # --- limits and loops -----------------------------------------------------------

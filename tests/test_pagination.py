@@ -105,6 +105,13 @@ def test_page_request_key_ignores_param_order_and_merges_the_url_query() -> None
     assert a.key() != PageRequest(URL, {"a": 2, "b": 2}).key()
 
 
+def test_page_request_key_follows_how_httpx_merges_params() -> None:
+    """A param replaces the URL's own value of that name, as on the wire; lists repeat; True is 'true'."""
+    assert PageRequest(URL + "?a=1#frag", {"a": 2}).key() == PageRequest(URL + "?a=2").key()
+    assert PageRequest(URL, {"d": [1, 2], "t": True, "n": None}).key() == PageRequest(URL + "?t=true&n=&d=1&d=2").key()
+    assert PageRequest(URL, {"q": "x y"}).key() != PageRequest(URL, {"q": "x+y"}).key()
+
+
 def test_page_request_round_trips_through_json() -> None:
     """A checkpoint written with `to_json` reads back as an equal request, params None kept as None."""
     for request in (PageRequest(URL, {"page": 3, "q": "x y"}), PageRequest(URL + "?after=3")):
