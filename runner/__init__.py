@@ -3,14 +3,39 @@
     from runner import run
     result = run("pipelines/github.yaml")          # raises EtlError when the run fails
     print(result.status, result.counts.created)
+
+Names are imported on first use, so that a process which needs one module
+(the writer process, `runner.writer`) does not load the HTTP client and the
+config loader with it.
 """
 
 from __future__ import annotations
 
-from runner.config import load_pipeline
-from runner.committer import Counts
-from runner.engine import RunResult, StopFlag, run
-from runner.errors import ConfigError, EtlError
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["ConfigError", "Counts", "EtlError", "RunResult", "StopFlag", "load_pipeline", "run"]
+if TYPE_CHECKING:
+    from runner.apply import Counts
+    from runner.config import load_pipeline
+    from runner.engine import RunResult, StopFlag, run
+    from runner.errors import ConfigError, EtlError
+
+_EXPORTS = {
+    "ConfigError": "runner.errors",
+    "Counts": "runner.apply",
+    "EtlError": "runner.errors",
+    "RunResult": "runner.engine",
+    "StopFlag": "runner.engine",
+    "load_pipeline": "runner.config",
+    "run": "runner.engine",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runner' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,50 +1,39 @@
-"""Pages into the target and the state store: plan a page, then commit it, in order.
+"""Pages into the target and the state store: plan a page, then apply it, in order.
 
-`plan_page` maps a page's records and diffs them against the state store (one
-lookup per page); `apply_plan` writes the changes to the target in one commit
-and then commits hashes, failures and the checkpoint to the state store in one
-transaction, so state moves only after the data is committed.
+`plan_page` maps a page's records (the engine's side: it needs the raw
+records and the compiled mapping). `apply_plan` diffs the mapped records
+against the state store (one lookup per page), writes the changes to the
+target in one commit, and then commits hashes, failures and the checkpoint
+to the state store in one transaction, so state moves only after the data is
+committed. Because diff and commit happen in one place, in page order, a key
+in two consecutive pages is always diffed against the commit before it.
 
-`Committer` applies plans on a writer thread, so that SQLite and PostgreSQL
-work (which releases the GIL) overlaps with mapping the next page; the queue
-between them holds at most `depth` plans. Keys planned but not yet committed
-are remembered, so a key in two consecutive pages is diffed against its newest
-plan, not against stale state. The http target applies inline (depth 0): an
-update needs the target id that the create before it returns.
+`Committer` applies each plan inline, or hands it to a writer process
+(`runner.writer`) that applies plans in order on the second CPU core while
+this process fetches and maps the next pages.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from jmespath.exceptions import JMESPathError
 
 from runner import log
 from runner.errors import EtlError
 from runner.incremental import Watermark
-from runner.mapping import Failed, Mapped, Mapper
+from runner.mapping import Failed, Mapper
 from runner.model import Pipeline
 from runner.pagination import PageRequest
 from runner.source import Page
-from runner.state import FailedRecord, KeyState, StateStore
-from runner.state.base import PageCommit
-from runner.targets import Target, Write, WriteResult
+from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plan
+from runner.state import FailedRecord, StateStore
+from runner.targets import Target
 
 logger = logging.getLogger("runner.engine")
-
-
-@dataclass(slots=True)
-class Counts:
-    processed: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 @dataclass(slots=True)
@@ -83,22 +72,11 @@ class RunState:
         self.mapper = Mapper(self.pipeline.mapping)
 
 
-@dataclass(slots=True)
-class PagePlan:
-    number: int
-    records: int
-    writes: list[Write]
-    hashes: dict[str, str]
-    failed: list[FailedRecord]
-    checkpoint: str | None
-    counts: Counts  # processed, skipped and failed mappings; added to the run's once committed
-
-
 # --- planning (the engine's thread) -----------------------------------------------
 
 
-def plan_page(run: RunState, page: Page, pending: dict[str, tuple[str, int]]) -> PagePlan:
-    """Map a page and diff it against the state store and the plans not yet committed."""
+def plan_page(run: RunState, page: Page) -> PagePlan:
+    """Map a page's records; a key seen twice in one page keeps its last record."""
     counts, mapped, failed = Counts(), {}, []
     map_record = run.mapper.map
     for raw in page.records:
@@ -115,29 +93,8 @@ def plan_page(run: RunState, page: Page, pending: dict[str, tuple[str, int]]) ->
                 counts.skipped += 1  # the same key twice in one page: the last one wins
             mapped[outcome.external_id] = outcome
     run.planned += 1
-    writes = _diff(run, counts, mapped, pending)
-    hashes = {w.external_id: mapped[w.external_id].hash for w in writes}
-    return PagePlan(run.planned, len(page.records), writes, hashes, failed, _checkpoint(run, page), counts)
-
-
-def _diff(
-    run: RunState, counts: Counts, mapped: dict[str, Mapped], pending: dict[str, tuple[str, int]]
-) -> list[Write]:
-    known = run.store.key_states(run.pipeline.name, list(mapped))
-    writes = []
-    for key, item in mapped.items():
-        state = known.get(key)
-        if key in pending:
-            state = KeyState(pending[key][0], state.target_id if state else None)
-        if state is not None and state.hash == item.hash:
-            counts.skipped += 1
-            continue
-        if state is None:
-            writes.append(Write("create", key, item.record))
-        else:
-            writes.append(Write("update", key, item.record, state.target_id))
-        pending[key] = (item.hash, run.planned)
-    return writes
+    items = [(key, item.record, item.hash) for key, item in mapped.items()]
+    return PagePlan(run.planned, len(page.records), items, failed, _checkpoint(run, page), counts)
 
 
 def _checkpoint(run: RunState, page: Page) -> str | None:
@@ -167,121 +124,71 @@ def _observe(run: RunState, raw: Any, *, failed: bool) -> None:
     run.first_failed.observe(value)
 
 
-# --- applying (the writer's thread, or inline) -----------------------------------------
-
-
-def apply_plan(run: RunState, store: StateStore, plan: PagePlan) -> None:
-    """Write the plan to the target, then commit its state: hashes, failures, checkpoint."""
-    result = _write(run, store, plan.writes) if plan.writes else WriteResult()
-    failed, hashes, succeeded = list(plan.failed), [], []
-    counts = plan.counts
-    for write in plan.writes:
-        error = result.errors.get(write.external_id)
-        if error is not None:
-            failed.append(FailedRecord(write.external_id, write.record, log.redact(error)))
-            continue
-        if write.op == "create":
-            counts.created += 1
-        else:
-            counts.updated += 1
-        hashes.append((write.external_id, plan.hashes[write.external_id], result.target_ids.get(write.external_id)))
-        succeeded.append(write.external_id)
-    counts.failed += len(failed)
-    store.commit_page(run.pipeline.name, PageCommit(hashes, failed, succeeded, plan.checkpoint))
-    run.pages, run.checkpoint = plan.number, plan.checkpoint
-    _add(run.counts, counts)
-    log.event(
-        logger, "page.committed", level=logging.DEBUG, page=plan.number, records=plan.records,
-        writes=len(plan.writes), failed=len(failed),
-    )
-
-
-def _add(total: Counts, page: Counts) -> None:
-    total.processed += page.processed
-    total.created += page.created
-    total.updated += page.updated
-    total.skipped += page.skipped
-    total.failed += page.failed
-
-
-def _write(run: RunState, store: StateStore, writes: list[Write]) -> WriteResult:
-    """Write one page; when it fails part-way, keep the target ids of what was created."""
-    try:
-        return run.target.write(writes)
-    except EtlError as exc:
-        partial: WriteResult | None = getattr(exc, "partial", None)
-        if partial is not None and partial.target_ids:
-            # no hash: these records are sent again next run, as updates of these ids
-            ids = [(key, None, target_id) for key, target_id in partial.target_ids.items()]
-            store.commit_page(run.pipeline.name, PageCommit(ids, [], [], run.checkpoint))
-        raise
-
-
 # --- the committer -----------------------------------------------------------------------
 
-_CLOSE = object()
+
+class Channel(Protocol):
+    """Where plans go when they are not applied inline: the writer process (`runner.writer`)."""
+
+    def send(self, plan: PagePlan) -> None: ...
+    def receive(self) -> PageResult | None: ...  # None: dropped after an error
+    def close(self) -> None: ...
 
 
 class Committer:
-    """Applies plans in order, inline (depth 0) or on one writer thread behind a bounded queue.
+    """Applies plans in order: inline, or through a channel with at most `depth` in flight.
 
-    `writer_store` is the state store the writer commits with (its own connection);
-    `on_commit` runs after each commit; `stopped` tells the writer to drop plans
-    that are not committed yet (a signal: they will be read again on resume).
+    `on_commit` runs (on the engine's thread) after each page is committed.
     """
 
     def __init__(
-        self, run: RunState, *, writer_store: StateStore, depth: int,
-        on_commit: Callable[[], None], stopped: Callable[[], bool],
+        self, run: RunState, *, channel: Channel | None = None, depth: int = 2,
+        on_commit: Callable[[], None],
     ) -> None:
-        self._run, self._store, self._on_commit, self._stopped = run, writer_store, on_commit, stopped
-        self._pending: dict[str, tuple[str, int]] = {}
-        self._error: BaseException | None = None
-        self._queue: queue.Queue[object] | None = None
-        self._thread: threading.Thread | None = None
-        if depth > 0:
-            self._queue = queue.Queue(maxsize=depth)
-            self._thread = threading.Thread(target=self._work, name="etl-writer", daemon=True)
-            self._thread.start()
+        self._run, self._channel, self._depth, self._on_commit = run, channel, depth, on_commit
+        self._in_flight = 0
 
     def submit(self, page: Page) -> None:
-        """Plan the page here; commit it here (inline) or hand it to the writer."""
-        self._raise_if_failed()
-        self._forget_committed()
-        plan = plan_page(self._run, page, self._pending)
-        if self._queue is None:
-            self._apply(plan)
-        else:
-            self._queue.put(plan)
+        """Plan the page here; apply it here, or hand it to the writer."""
+        plan = plan_page(self._run, page)
+        if self._channel is None:
+            run = self._run
+            self._committed(apply_plan(run.pipeline.name, run.store, run.target, plan, committed=run.checkpoint))
+            return
+        while self._in_flight >= self._depth:
+            self._receive()
+        self._channel.send(plan)
+        self._in_flight += 1
 
     def close(self) -> None:
-        """Wait until every plan handed over is committed (or dropped on a stop); raise its error."""
-        if self._queue is not None and self._thread is not None:
-            self._queue.put(_CLOSE)
-            self._thread.join()
-            self._queue = None
-        self._raise_if_failed()
-
-    def _apply(self, plan: PagePlan) -> None:
-        apply_plan(self._run, self._store, plan)
-        self._on_commit()
-
-    def _work(self) -> None:
-        assert self._queue is not None
-        while (plan := self._queue.get()) is not _CLOSE:
-            if self._error is not None or self._stopped():
-                continue  # drain: nothing after a failure or a stop is committed
-            try:
-                self._apply(plan)  # type: ignore[arg-type]
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the engine's thread
-                self._error = exc
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
+        """Wait until every plan handed over is committed (or dropped); raise the writer's error."""
+        if self._channel is None:
+            return
+        error: EtlError | None = None
+        try:
+            while self._in_flight:
+                try:
+                    self._receive()
+                except EtlError as exc:
+                    error = error or exc
+        finally:
+            self._channel.close()
+        if error is not None:
             raise error
 
-    def _forget_committed(self) -> None:
-        done = self._run.pages
-        if self._pending and done:
-            self._pending = {k: v for k, v in self._pending.items() if v[1] > done}
+    def _receive(self) -> None:
+        assert self._channel is not None
+        self._in_flight -= 1
+        result = self._channel.receive()
+        if result is not None:
+            self._committed(result)
+
+    def _committed(self, result: PageResult) -> None:
+        run = self._run
+        run.pages, run.checkpoint = result.number, result.checkpoint
+        add_counts(run.counts, result.counts)
+        log.event(
+            logger, "page.committed", level=logging.DEBUG, page=result.number, records=result.records,
+            writes=result.writes, failed=result.counts.failed,
+        )
+        self._on_commit()

@@ -10,6 +10,7 @@ unchanged records are skipped by hash.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -27,17 +28,18 @@ from runner.committer import Checkpoint, Committer, Counts, RunState
 from runner.config import load_pipeline
 from runner.errors import EtlError, Interrupted
 from runner.incremental import Watermark
-from runner.model import HttpTarget, Pipeline
+from runner.model import Pipeline, PostgresTarget, SqliteTarget
 from runner.prefetch import prefetch
 from runner.source import SourceReader
 from runner.state import RunRecord, StateStore, open_store
 from runner.targets import Target, dry_run_target, open_target
+from runner.writer import Setup, WriterProcess
 
 logger = logging.getLogger(__name__)
 
 # Pages fetched ahead of the one being mapped, and pages mapped ahead of the one being
-# written: fetching, mapping and writing overlap, and memory stays bounded by these
-# counts (plus source.concurrency pages in flight).
+# written (in the writer process): fetching, mapping and writing overlap, and memory
+# stays bounded by these counts (plus source.concurrency pages in flight).
 PREFETCH_PAGES = 2
 WRITE_BEHIND_PAGES = 2
 
@@ -135,6 +137,8 @@ def _locked_run(
     state: RunState | None = None
     reader: SourceReader | None = None
     error: EtlError | None = None
+    # started first, so that its start-up overlaps with opening the target and the first fetch
+    writer = None if dry_run else _start_writer(pipeline, checkpoint.dumps() if checkpoint else None)
     try:
         target = dry_run_target(stdout) if dry_run else _open_target(pipeline, transport, sleep)
         state = RunState(pipeline, store, target)
@@ -149,11 +153,13 @@ def _locked_run(
             source=source, send=client.send, params=params,
             start=checkpoint.next if checkpoint else None,
         )
-        _pump(state, reader, stop=stop, dry_run=dry_run, on_progress=on_progress, started=started)
+        _pump(state, reader, writer, stop=stop, on_progress=on_progress, started=started)
     except EtlError as exc:
         error = exc
     finally:
         client.close()
+        if writer is not None:
+            writer.close()
     return _finish(
         pipeline, store, record, state, reader, client, error,
         dry_run=dry_run, resumed=checkpoint is not None, started=started,
@@ -161,24 +167,18 @@ def _locked_run(
 
 
 def _pump(
-    state: RunState, reader: SourceReader, *, stop: StopFlag, dry_run: bool,
+    state: RunState, reader: SourceReader, writer: WriterProcess | None, *, stop: StopFlag,
     on_progress: Progress | None, started: float,
 ) -> None:
-    """Pages from the reader (fetched ahead) through the committer (writing behind)."""
-    threaded = not dry_run and not isinstance(state.pipeline.target, HttpTarget)
-    writer_store = state.store
+    """Pages from the reader (fetched ahead) through the committer (applied inline or in
+    the writer process, which commits behind the pages being fetched and mapped)."""
 
     def committed() -> None:
         if on_progress is not None:
             on_progress(state.counts, state.pages, time.monotonic() - started)
 
     try:
-        if threaded:
-            writer_store = open_store(state.pipeline.state)  # the writer's own connection
-        committer = Committer(
-            state, writer_store=writer_store, depth=WRITE_BEHIND_PAGES if threaded else 0,
-            on_commit=committed, stopped=stop.is_set,
-        )
+        committer = Committer(state, channel=writer, depth=WRITE_BEHIND_PAGES, on_commit=committed)
         try:
             for page in prefetch(reader.pages(), depth=PREFETCH_PAGES):
                 committer.submit(page)
@@ -190,8 +190,24 @@ def _pump(
             raise Interrupted(stop.reason)
     finally:
         state.target.close()
-        if writer_store is not state.store:
-            writer_store.close()
+
+
+def _start_writer(pipeline: Pipeline, committed: str | None) -> WriterProcess | None:
+    """The writer process for a database target, or None to apply inline: the http
+    target (an update needs the id its create returned), jsonl, or ETL_WRITER=inline."""
+    if not isinstance(pipeline.target, (SqliteTarget, PostgresTarget)):
+        return None
+    if os.environ.get("ETL_WRITER", "process") == "inline":
+        return None
+    setup = Setup(
+        pipeline.name, pipeline.target, pipeline.state, [name for name, _ in pipeline.mapping.fields],
+        committed, os.getpid(),
+    )
+    try:
+        return WriterProcess(setup)
+    except OSError as exc:
+        log.event(logger, "writer.inline", level=logging.WARNING, reason=f"cannot start the writer process: {exc}")
+        return None
 
 
 def _interruptible(sleep: Callable[[float], None], stop: StopFlag) -> Callable[[float], None]:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
+from unittest import mock
 
 import pytest
 from click.testing import CliRunner
@@ -176,8 +177,9 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path: Path, api: Dem
 # --- etl state ------------------------------------------------------------------------------------
 
 
-def partial_then_interrupted(tmp_path: Path, api: DemoApi) -> Path:
-    """A partial run (inactive records fail), then a full refresh stopped after its first page."""
+def partial_then_interrupted(tmp_path: Path, api: DemoApi) -> tuple[Path, int]:
+    """A partial run (inactive records fail), then a full refresh stopped after its first page;
+    returns the path and the pages committed."""
     path = pipeline(tmp_path, api.base_url, external_id=FAILS_INACTIVE)
     assert run(path, **NO_WAIT).status == "partial"
     flag = StopFlag()
@@ -185,22 +187,25 @@ def partial_then_interrupted(tmp_path: Path, api: DemoApi) -> Path:
     def stop_after_first(counts: Any, pages: int, elapsed: float) -> None:
         flag.stop("SIGTERM")
 
-    with pytest.raises(Interrupted):
+    # inline: the stop lands after page 1 exactly (a writer process would commit the pages in flight)
+    with mock.patch.dict(os.environ, {"ETL_WRITER": "inline"}), pytest.raises(Interrupted) as caught:
         run(path, full_refresh=True, stop=flag, on_progress=stop_after_first, **NO_WAIT)
-    return path
+    pages = caught.value.result.pages
+    assert pages == 1
+    return path, pages
 
 
 def test_state_show_text_lists_watermark_checkpoint_runs_and_failures(tmp_path: Path, api: DemoApi) -> None:
     """`etl state show NAME` prints the watermark, the checkpoint, each run with its counts, and failed records."""
-    partial_then_interrupted(tmp_path, api)
+    _, pages = partial_then_interrupted(tmp_path, api)
     result = invoke("state", "show", "cli-test", "--state", str(tmp_path / "state.db"))
     assert result.exit_code == 0, result.output
     text = result.stdout
     assert "pipeline:   cli-test" in text and "watermark:  \"20" in text
-    assert "checkpoint: {" in text and '"page": 2' in text
+    assert "checkpoint: {" in text and f'"page": {pages + 1}' in text
     runs = [line for line in text.splitlines() if "processed=" in line]
     assert len(runs) == 2
-    assert "interrupted" in runs[0] and "processed=100" in runs[0]
+    assert "interrupted" in runs[0] and f"processed={pages * 100} " in runs[0]
     assert "partial" in runs[1] and f"processed=300 created={300 - inactive(api)}" in runs[1]
     assert f"failed={inactive(api)}" in runs[1]
     assert f"failed records: {inactive(api)}" in text and "(no key)" in text and "null" in text
@@ -208,12 +213,12 @@ def test_state_show_text_lists_watermark_checkpoint_runs_and_failures(tmp_path: 
 
 def test_state_show_json_is_one_document_with_the_same_facts(tmp_path: Path, api: DemoApi) -> None:
     """`etl state show NAME --format json` prints one JSON document: watermark, checkpoint, runs, failures."""
-    path = partial_then_interrupted(tmp_path, api)
+    path, pages = partial_then_interrupted(tmp_path, api)
     result = invoke("state", "show", str(path), "--format", "json")  # a pipeline file finds its own state
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["pipeline"] == "cli-test" and shown["watermark"].startswith("20")
-    assert json.loads(shown["checkpoint"])["pages"] == 1 and shown["lock"] is None
+    assert json.loads(shown["checkpoint"])["pages"] == pages and shown["lock"] is None
     assert [r["status"] for r in shown["runs"]] == ["interrupted", "partial"]
     assert (shown["runs"][1]["processed"], shown["runs"][1]["failed"]) == (300, inactive(api))
     assert shown["failed_total"] == inactive(api)

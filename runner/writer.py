@@ -1,0 +1,182 @@
+"""The writer process: applies planned pages to a database target and the state store.
+
+Why a process: a run is CPU-bound in Python once the API is fast (decoding,
+mapping, hashing on one side; building rows, diffing and committing on the
+other), and threads share one GIL. A second process puts the database side
+on the second core, so a page is written while the next ones are fetched and
+mapped. Plans travel over a pipe, pickled; each applied page comes back as a
+`PageResult`, in order.
+
+The protocol, on two pipes (the child's stdin and stdout, which it moves
+aside at once so that a stray print cannot corrupt them):
+
+    engine -> writer:  Setup, then PagePlan ..., then None (no more)
+    writer -> engine:  ("page", PageResult) | ("error", (class, message)) | ("dropped", None)
+
+After an error the writer commits nothing more: each plan still in flight
+is answered "dropped". The writer ignores SIGINT and SIGTERM (they are the
+engine's to handle: it stops planning and waits for the pages in flight),
+and it commits nothing once the engine is gone: a page it has not applied is
+read again by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from runner import errors
+from runner.apply import PagePlan, PageResult, apply_plan
+from runner.errors import EtlError
+from runner.model import PostgresTarget, SqliteTarget, StateConfig
+
+# the child puts our own package first on its path, whatever its working directory holds
+_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from runner.writer import main; main()"
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    pipeline: str
+    target: SqliteTarget | PostgresTarget
+    state: StateConfig
+    fields: list[str]
+    committed: str | None  # the checkpoint committed before the first plan
+    engine_pid: int
+
+
+class WriterProcess:
+    """The engine's end: start the writer, send it plans, receive their results in order."""
+
+    def __init__(self, setup: Setup) -> None:
+        plans_r, plans_w = os.pipe()
+        results_r, results_w = os.pipe()
+        package_root = str(Path(__file__).resolve().parent.parent)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, package_root],
+                stdin=plans_r, stdout=results_w, close_fds=True,
+            )
+        except BaseException:
+            for fd in (plans_r, plans_w, results_r, results_w):
+                os.close(fd)
+            raise
+        os.close(plans_r)
+        os.close(results_w)
+        self._plans = Connection(plans_w, readable=False)
+        self._results = Connection(results_r, writable=False)
+        self.send(setup)
+
+    def send(self, plan: PagePlan | Setup | None) -> None:
+        try:
+            self._plans.send(plan)
+        except OSError as exc:  # BrokenPipeError: the writer is gone
+            raise self._died() from exc
+
+    def receive(self) -> PageResult | None:
+        """The next page's result; None for a plan dropped after an error; raise the error."""
+        try:
+            kind, value = self._results.recv()
+        except (EOFError, OSError) as exc:
+            raise self._died() from exc
+        if kind == "error":
+            raise _rebuild(*value)
+        return value  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Tell the writer there is no more, and wait for it to close the target and the store."""
+        if self._plans.closed:
+            return
+        try:
+            self._plans.send(None)
+        except OSError:
+            pass
+        self._plans.close()
+        self._results.close()
+        self._process.wait()
+
+    def _died(self) -> EtlError:
+        code = self._process.wait()
+        return EtlError(
+            f"the writer process exited unexpectedly (exit code {code}); "
+            "the pages it had not committed are read again by the next run"
+        )
+
+
+def _rebuild(name: str, message: str) -> EtlError:
+    """The writer's error as the same class in this process (all take a message)."""
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, EtlError) and kind.__init__ is EtlError.__init__:
+        return kind(message)
+    return EtlError(message)
+
+
+# --- the writer's side ------------------------------------------------------------------
+
+
+def main() -> None:
+    """The child's entry point: serve one run's plans from stdin, results to stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    plans = Connection(os.dup(0), writable=False)
+    results = Connection(os.dup(1), readable=False)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # a stray print goes to stderr, never into the results pipe
+    serve(plans, results)
+
+
+def serve(plans: Connection, results: Connection) -> None:
+    setup: Setup = plans.recv()
+    from runner.state import open_store
+    from runner.targets import open_target
+
+    store = target = None
+    error: tuple[str, str] | None = None
+    try:
+        store = open_store(setup.state)
+        target = open_target(setup.target, fields=setup.fields)
+    except BaseException as exc:  # noqa: BLE001 - told to the engine as the first plan's answer
+        error = _describe(exc)
+    told, committed = False, setup.committed
+    try:
+        while (plan := _next(plans)) is not None:
+            if error is not None:  # nothing after a failure is committed
+                results.send(("dropped", None) if told else ("error", error))
+                told = True
+                continue
+            if os.getppid() != setup.engine_pid:
+                return  # the engine is gone: commit nothing more
+            try:
+                result = apply_plan(setup.pipeline, store, target, plan, committed=committed)  # type: ignore[arg-type]
+            except BaseException as exc:  # noqa: BLE001 - told to the engine
+                error = _describe(exc)
+                results.send(("error", error))
+                told = True
+                continue
+            committed = result.checkpoint
+            results.send(("page", result))
+    finally:
+        for opened in (target, store):
+            if opened is not None:
+                opened.close()
+
+
+def _next(plans: Connection) -> Any:
+    try:
+        return plans.recv()
+    except EOFError:
+        return None
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    if isinstance(exc, EtlError):
+        return type(exc).__name__, str(exc)
+    traceback.print_exc()  # a bug: its traceback goes to stderr, its gist to the engine
+    return "EtlError", f"writer process: {type(exc).__name__}: {exc}"
