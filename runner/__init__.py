@@ -30,7 +30,7 @@ _EXPORTS = {
     "run": "runner.engine",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["ConfigError", "Counts", "EtlError", "RunResult", "StopFlag", "load_pipeline", "run"]
 __version__ = "0.1.0"
 
 

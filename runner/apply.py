@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner import log
+from runner.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.state.base import FailedRecord, PageCommit, StateStore
 from runner.targets.base import Target, Write, WriteResult
@@ -39,7 +40,7 @@ class PagePlan:
 
     number: int
     records: int
-    mapped: list[tuple[str, dict[str, Any], str]]  # (external_id, record, hash); a key once
+    mapped: list[tuple[str, dict[str, Any]]]  # (external_id, record); each key once
     failed: list[FailedRecord]
     checkpoint: str | None
     counts: Counts  # processed, skipped (filtered, repeated) and failed mappings
@@ -57,7 +58,8 @@ class PageResult:
 
 
 def apply_plan(
-    pipeline: str, store: StateStore, target: Target, plan: PagePlan, *, committed: str | None
+    pipeline: str, store: StateStore, target: Target, hasher: RecordHasher, plan: PagePlan, *,
+    committed: str | None,
 ) -> PageResult:
     """Diff the plan against the store, write the changes, then commit the page's state.
 
@@ -65,10 +67,10 @@ def apply_plan(
     fails part-way leaves the target ids it made.
     """
     counts = plan.counts
-    writes = _diff(pipeline, store, counts, plan.mapped)
+    hashed = {key: hasher(record) for key, record in plan.mapped}
+    writes = _diff(pipeline, store, counts, plan.mapped, hashed)
     result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
     failed, hashes, succeeded = list(plan.failed), [], []
-    planned_hash = {key: h for key, _, h in plan.mapped} if result.errors or writes else {}
     for write in writes:
         error = result.errors.get(write.external_id)
         if error is not None:
@@ -78,21 +80,24 @@ def apply_plan(
             counts.created += 1
         else:
             counts.updated += 1
-        hashes.append((write.external_id, planned_hash[write.external_id], result.target_ids.get(write.external_id)))
+        hashes.append((write.external_id, hashed[write.external_id], result.target_ids.get(write.external_id)))
         succeeded.append(write.external_id)
     counts.failed += len(failed)
     store.commit_page(pipeline, PageCommit(hashes, failed, succeeded, plan.checkpoint))
     return PageResult(plan.number, plan.records, len(writes), plan.checkpoint, counts)
 
 
-def _diff(pipeline: str, store: StateStore, counts: Counts, mapped: list[tuple[str, dict[str, Any], str]]) -> list[Write]:
-    known = store.key_states(pipeline, [key for key, _, _ in mapped])
+def _diff(
+    pipeline: str, store: StateStore, counts: Counts, mapped: list[tuple[str, dict[str, Any]]],
+    hashed: dict[str, str],
+) -> list[Write]:
+    known = store.key_states(pipeline, list(hashed))
     writes = []
-    for key, record, content_hash in mapped:
+    for key, record in mapped:
         state = known.get(key)
         if state is None:
             writes.append(Write("create", key, record))
-        elif state.hash == content_hash:
+        elif state.hash == hashed[key]:
             counts.skipped += 1
         else:
             writes.append(Write("update", key, record, state.target_id))

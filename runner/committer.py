@@ -24,6 +24,7 @@ from jmespath.exceptions import JMESPathError
 
 from runner import log
 from runner.errors import EtlError
+from runner.contenthash import RecordHasher
 from runner.incremental import Watermark
 from runner.mapping import Failed, Mapper
 from runner.model import Pipeline
@@ -67,9 +68,11 @@ class RunState:
     pages: int = 0  # pages committed
     checkpoint: str | None = None  # the last one committed
     mapper: Mapper = field(init=False)
+    hasher: RecordHasher = field(init=False)
 
     def __post_init__(self) -> None:
         self.mapper = Mapper(self.pipeline.mapping)
+        self.hasher = RecordHasher([name for name, _ in self.pipeline.mapping.fields])
 
 
 # --- planning (the engine's thread) -----------------------------------------------
@@ -93,7 +96,7 @@ def plan_page(run: RunState, page: Page) -> PagePlan:
                 counts.skipped += 1  # the same key twice in one page: the last one wins
             mapped[outcome.external_id] = outcome
     run.planned += 1
-    items = [(key, item.record, item.hash) for key, item in mapped.items()]
+    items = [(key, item.record) for key, item in mapped.items()]
     return PagePlan(run.planned, len(page.records), items, failed, _checkpoint(run, page), counts)
 
 
@@ -153,7 +156,7 @@ class Committer:
         plan = plan_page(self._run, page)
         if self._channel is None:
             run = self._run
-            self._committed(apply_plan(run.pipeline.name, run.store, run.target, plan, committed=run.checkpoint))
+            self._committed(apply_plan(run.pipeline.name, run.store, run.target, run.hasher, plan, committed=run.checkpoint))
             return
         while self._in_flight >= self._depth:
             self._receive()

@@ -1,4 +1,4 @@
-"""Record selection and field mapping: one source record -> a keyed, hashed output record.
+"""Record selection and field mapping: one source record -> a keyed output record.
 
 The mapping's expressions were compiled at load (`config.py`); a `Mapper`
 turns the whole mapping into one generated Python function, so a record is
@@ -12,7 +12,6 @@ the run can go on).
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ RECORD_ERRORS = (JMESPathError, ValueError, TypeError, ArithmeticError)
 class Mapped:
     external_id: str
     record: dict[str, Any]
-    hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +39,8 @@ class Failed:
     error: str
 
 
-# (key value, record, values in sorted field-name order) or None when the filter skips
-_Outcome = tuple[Any, dict[str, Any], tuple[Any, ...]] | None
+# (key value, record) or None when the filter skips
+_Outcome = tuple[Any, dict[str, Any]] | None
 
 
 class Mapper:
@@ -50,8 +48,6 @@ class Mapper:
 
     def __init__(self, spec: MappingSpec) -> None:
         self.spec = spec
-        names = [name for name, _ in spec.fields]
-        self._hasher = _seeded(sorted(names))
         self._fast = _generate(spec)
 
     def map(self, raw: Any) -> Mapped | Failed | None:
@@ -60,13 +56,13 @@ class Mapper:
             outcome = self._fast(raw) if type(raw) is dict else self._slow(raw)
             if outcome is None:
                 return None
-            key_value, record, ordered = outcome
+            key_value, record = outcome
             key = key_string(key_value)
         except RECORD_ERRORS as exc:
             return Failed(_safe_key(self.spec, raw), raw, f"{type(exc).__name__}: {exc}")
         if key is None:
             return Failed(None, raw, f"external_id ({self.spec.external_id.text}) is null or empty")
-        return Mapped(key, record, _digest(self._hasher, ordered))
+        return Mapped(key, record)
 
     def _slow(self, raw: Any) -> _Outcome:
         """The same outcome through each expression's own evaluator (a record that is no object)."""
@@ -74,8 +70,7 @@ class Mapper:
         if spec.filter is not None and not _truthy(spec.filter.search(raw)):
             return None
         key = spec.external_id.search(raw)
-        record = {name: expr.search(raw) for name, expr in spec.fields}
-        return key, record, tuple(record[name] for name in sorted(record))
+        return key, {name: expr.search(raw) for name, expr in spec.fields}
 
 
 def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
@@ -97,56 +92,6 @@ def key_string(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-# --- the content hash ---------------------------------------------------------------------
-
-# the hash's version: a change here makes every stored hash differ, so one run updates all
-_HASH_VERSION = b"etl-content-hash-2\0"
-_NESTED = (dict, list)
-
-
-def content_hash(record: dict[str, Any]) -> str:
-    """A stable hash of a mapped record, field names included, so a new field is a change."""
-    names = sorted(record)
-    return _digest(_seeded(names), tuple(record[name] for name in names))
-
-
-def _seeded(names: list[str]) -> Any:
-    """A hasher that has already read the version and the sorted field names."""
-    return hashlib.blake2b(_HASH_VERSION + repr(names).encode(), digest_size=16)
-
-
-def _digest(seeded: Any, values: tuple[Any, ...]) -> str:
-    """Hash values by their repr, which is exact for JSON values: 1, 1.0, "1" and true
-    all differ. Objects go in with their keys sorted, so a reordered object is no change."""
-    for value in values:
-        if type(value) in _NESTED and not _plain(value):
-            values = tuple(map(_canonical, values))
-            break
-    hasher = seeded.copy()
-    hasher.update(repr(values).encode())
-    return hasher.hexdigest()  # type: ignore[no-any-return]
-
-
-def _plain(value: dict[str, Any] | list[Any]) -> bool:
-    """True when `value` holds no object at any depth: then its repr is already canonical."""
-    if type(value) is dict:
-        return False
-    kinds = set(map(type, value))
-    if dict in kinds:
-        return False
-    return list not in kinds or all(_plain(item) for item in value if type(item) is list)
-
-
-def _canonical(value: Any) -> Any:
-    """Objects as ("object", sorted items), at any depth; a tuple never comes out of JSON."""
-    kind = type(value)
-    if kind is dict:
-        return ("object", tuple((key, _canonical(item)) for key, item in sorted(value.items())))
-    if kind is list:
-        return [_canonical(item) for item in value]
-    return value
 
 
 # --- the generated function ------------------------------------------------------------------
@@ -172,8 +117,7 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     for name, expr in spec.fields:
         lines.append(f"    {locals_[name]} = {source(expr)}")
     record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
-    ordered = "".join(f"{locals_[name]}, " for name in sorted(locals_))
-    lines.append(f"    return {source(spec.external_id)}, {{{record}}}, ({ordered})")
+    lines.append(f"    return {source(spec.external_id)}, {{{record}}}")
     code = "\n".join(lines)
     exec(compile(code, f"<mapping {spec.external_id.key or 'mapping'}>", "exec"), names)  # noqa: S102
     return names["_map"]  # type: ignore[no-any-return]

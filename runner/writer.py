@@ -34,6 +34,7 @@ from typing import Any
 
 from runner import errors
 from runner.apply import PagePlan, PageResult, apply_plan
+from runner.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.model import PostgresTarget, SqliteTarget, StateConfig
 
@@ -144,7 +145,7 @@ def serve(plans: Connection, results: Connection) -> None:
         target = open_target(setup.target, fields=setup.fields)
     except BaseException as exc:  # noqa: BLE001 - told to the engine as the first plan's answer
         error = _describe(exc)
-    told, committed = False, setup.committed
+    told, committed, hasher = False, setup.committed, RecordHasher(setup.fields)
     try:
         while (plan := _next(plans)) is not None:
             if error is not None:  # nothing after a failure is committed
@@ -154,7 +155,7 @@ def serve(plans: Connection, results: Connection) -> None:
             if os.getppid() != setup.engine_pid:
                 return  # the engine is gone: commit nothing more
             try:
-                result = apply_plan(setup.pipeline, store, target, plan, committed=committed)  # type: ignore[arg-type]
+                result = apply_plan(setup.pipeline, store, target, hasher, plan, committed=committed)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001 - told to the engine
                 error = _describe(exc)
                 results.send(("error", error))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import json.encoder
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +33,38 @@ class Target(Protocol):
 
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+NESTED = (list, dict)
+
+
+def _json_text() -> Callable[[Any], str]:
+    """Compact JSON text of a value. JSONEncoder.encode builds a C encoder on every call,
+    which is most of its cost for a short list; this builds it once (pure Python: as is)."""
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return _COMPACT.encode
+    try:
+        encoder = make(None, _COMPACT.default, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    except TypeError:  # another interpreter's signature
+        return _COMPACT.encode
+    return lambda value: "".join(encoder(value, 0))
+
+
+json_text = _json_text()
 
 
 def json_cell(value: Any) -> Any:
     """Lists and objects are stored as JSON text; scalars keep their type."""
-    if type(value) in (list, dict):
-        return _COMPACT.encode(value)
+    if type(value) in NESTED:
+        return json_text(value)
     return value
+
+
+def json_cells(values: list[Any], width: int) -> None:
+    """`json_cell` over rows laid end to end (`width` values each), in place; a column
+    with no list or object in this page is skipped at C speed."""
+    for column in range(width):
+        kinds = set(map(type, values[column::width]))
+        if list in kinds or dict in kinds:
+            for i in range(column, len(values), width):
+                if type(values[i]) in NESTED:
+                    values[i] = json_text(values[i])

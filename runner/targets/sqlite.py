@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from runner.errors import TargetError
 from runner.model import SqliteTarget
-from runner.sqlitebatch import insert_rows
-from runner.targets.base import Write, WriteResult, json_cell
+from runner.sqlitebatch import insert_values
+from runner.targets.base import Write, WriteResult, json_cells
 
 
 # failures about the file or its disk, not the data: the message says what to check
@@ -56,12 +56,13 @@ class SqliteTargetWriter:
         return head, f"ON CONFLICT (external_id) {conflict}"
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
-        fields = self.fields
-        rows = [[w.external_id, *map(json_cell, map(w.record.get, fields))] for w in writes]
+        values = self._values(writes)
+        width = len(self.fields) + 1
+        json_cells(values, width)
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                insert_rows(self._db, self._head, rows, self._tail)
+                insert_values(self._db, self._head, width, values, self._tail)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -69,6 +70,15 @@ class SqliteTargetWriter:
         except sqlite3.Error as exc:
             raise _error(self.config, exc) from exc
         return WriteResult()
+
+    def _values(self, writes: Sequence[Write]) -> list[Any]:
+        """Each write's key and field values, rows laid end to end; a missing field is null."""
+        fields, values = self.fields, []
+        append, extend = values.append, values.extend
+        for write in writes:
+            append(write.external_id)
+            extend(map(write.record.get, fields))
+        return values
 
     def close(self) -> None:
         self._db.close()
