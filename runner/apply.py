@@ -15,12 +15,12 @@ consecutive pages is always diffed against the commit before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from runner import log
 from runner.contenthash import RecordHasher
 from runner.errors import EtlError
-from runner.state.base import FailedRecord, PageCommit, StateStore
+from runner.state.base import FailedRecord, KeyState, PageCommit, StateStore
 from runner.targets.base import Target, Write, WriteResult
 
 
@@ -36,7 +36,7 @@ class Counts:
 
 @dataclass(slots=True)
 class PagePlan:
-    """A page mapped: what `apply_plan` needs, and nothing of the raw page but failures."""
+    """A page mapped: what `apply_plans` needs, and nothing of the raw page but failures."""
 
     number: int
     records: int
@@ -48,60 +48,69 @@ class PagePlan:
 
 @dataclass(slots=True)
 class PageResult:
-    """A page applied: its counts (planned plus written), for the engine to add up."""
+    """Pages applied (one or a batch): their counts, planned plus written, for the engine to add up."""
 
-    number: int
+    number: int  # the last page's number
     records: int
     writes: int
-    checkpoint: str | None
+    checkpoint: str | None  # the last page's
     counts: Counts
+    pages: int = 1
 
 
-def apply_plan(
-    pipeline: str, store: StateStore, target: Target, hasher: RecordHasher, plan: PagePlan, *,
+def apply_plans(
+    pipeline: str, store: StateStore, target: Target, hasher: RecordHasher, plans: Sequence[PagePlan], *,
     committed: str | None,
 ) -> PageResult:
-    """Diff the plan against the store, write the changes, then commit the page's state.
+    """Diff consecutive pages against the store, write their changes in one target commit,
+    then commit their state (the last page's checkpoint) in one transaction.
 
-    `committed` is the checkpoint committed before this page: where a page that
-    fails part-way leaves the target ids it made.
+    Each page is diffed as if the pages before it were committed, so the counts are
+    those of applying the pages one by one; a key written by two of them is written
+    once, with its newest record. `committed` is the checkpoint committed before
+    these pages: where pages that fail part-way leave the target ids they made.
     """
-    counts = plan.counts
-    hashed = {key: hasher(record) for key, record in plan.mapped}
-    writes = _diff(pipeline, store, counts, plan.mapped, hashed)
+    hashed = [{key: hasher(record) for key, record in plan.mapped} for plan in plans]
+    keys = list(hashed[0]) if len(hashed) == 1 else list({key: None for page in hashed for key in page})
+    known = store.key_states(pipeline, keys)
+    decided: list[tuple[Counts, Write]] = []
+    final: dict[str, Write] = {}
+    for plan, hashes in zip(plans, hashed):
+        for key, record in plan.mapped:
+            state = known.get(key)
+            if state is not None and state.hash == hashes[key]:
+                plan.counts.skipped += 1
+                continue
+            write = Write("update" if state else "create", key, record, state.target_id if state else None)
+            decided.append((plan.counts, write))
+            earlier = final.get(key)
+            final[key] = write if earlier is None or earlier.op == write.op else Write("create", key, record)
+            known[key] = KeyState(hashes[key], write.target_id)
+    writes = list(final.values())
     result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
-    failed, hashes, succeeded = list(plan.failed), [], []
+    failed = [failure for plan in plans for failure in plan.failed]
+    rows, succeeded = [], []
     for write in writes:
-        error = result.errors.get(write.external_id)
+        key = write.external_id
+        error = result.errors.get(key)
         if error is not None:
-            failed.append(FailedRecord(write.external_id, write.record, log.redact(error)))
+            failed.append(FailedRecord(key, write.record, log.redact(error)))
             continue
-        if write.op == "create":
-            counts.created += 1
-        else:
-            counts.updated += 1
-        hashes.append((write.external_id, hashed[write.external_id], result.target_ids.get(write.external_id)))
-        succeeded.append(write.external_id)
-    counts.failed += len(failed)
-    store.commit_page(pipeline, PageCommit(hashes, failed, succeeded, plan.checkpoint))
-    return PageResult(plan.number, plan.records, len(writes), plan.checkpoint, counts)
-
-
-def _diff(
-    pipeline: str, store: StateStore, counts: Counts, mapped: list[tuple[str, dict[str, Any]]],
-    hashed: dict[str, str],
-) -> list[Write]:
-    known = store.key_states(pipeline, list(hashed))
-    writes = []
-    for key, record in mapped:
-        state = known.get(key)
-        if state is None:
-            writes.append(Write("create", key, record))
-        elif state.hash == hashed[key]:
-            counts.skipped += 1
-        else:
-            writes.append(Write("update", key, record, state.target_id))
-    return writes
+        rows.append((key, known[key].hash, result.target_ids.get(key)))
+        succeeded.append(key)
+    for counts, write in decided:
+        if write.external_id not in result.errors:
+            if write.op == "create":
+                counts.created += 1
+            else:
+                counts.updated += 1
+    last = plans[-1]
+    store.commit_page(pipeline, PageCommit(rows, failed, succeeded, last.checkpoint))
+    total = Counts()
+    for plan in plans:
+        add_counts(total, plan.counts)
+    total.failed += len(failed)
+    return PageResult(last.number, sum(p.records for p in plans), len(writes), last.checkpoint, total, len(plans))
 
 
 def add_counts(total: Counts, page: Counts) -> None:

@@ -1,7 +1,7 @@
 """Pages into the target and the state store: plan a page, then apply it, in order.
 
 `plan_page` maps a page's records (the engine's side: it needs the raw
-records and the compiled mapping). `apply_plan` diffs the mapped records
+records and the compiled mapping). `apply_plans` diffs the mapped records
 against the state store (one lookup per page), writes the changes to the
 target in one commit, and then commits hashes, failures and the checkpoint
 to the state store in one transaction, so state moves only after the data is
@@ -30,7 +30,7 @@ from runner.mapping import Failed, Mapper
 from runner.model import Pipeline
 from runner.pagination import PageRequest
 from runner.source import Page
-from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plan
+from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plans
 from runner.state import FailedRecord, StateStore
 from runner.targets import Target
 
@@ -134,12 +134,13 @@ class Channel(Protocol):
     """Where plans go when they are not applied inline: the writer process (`runner.writer`)."""
 
     def send(self, plan: PagePlan) -> None: ...
-    def receive(self) -> PageResult | None: ...  # None: dropped after an error
+    def receive(self) -> PageResult | int: ...  # a result, or how many plans were dropped
     def close(self) -> None: ...
 
 
 class Committer:
-    """Applies plans in order: inline, or through a channel with at most `depth` in flight.
+    """Applies plans in order: inline, or through a channel with at most `depth` in flight
+    (the writer applies the plans that wait for it as one batch).
 
     `on_commit` runs (on the engine's thread) after each page is committed.
     """
@@ -156,7 +157,7 @@ class Committer:
         plan = plan_page(self._run, page)
         if self._channel is None:
             run = self._run
-            self._committed(apply_plan(run.pipeline.name, run.store, run.target, run.hasher, plan, committed=run.checkpoint))
+            self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
             return
         while self._in_flight >= self._depth:
             self._receive()
@@ -180,10 +181,17 @@ class Committer:
             raise error
 
     def _receive(self) -> None:
+        """One answer from the writer: pages committed (one or a batch), or plans dropped."""
         assert self._channel is not None
-        self._in_flight -= 1
-        result = self._channel.receive()
-        if result is not None:
+        try:
+            result = self._channel.receive()
+        except EtlError as exc:
+            self._in_flight -= getattr(exc, "plans", 1)
+            raise
+        if isinstance(result, int):
+            self._in_flight -= result
+        else:
+            self._in_flight -= result.pages
             self._committed(result)
 
     def _committed(self, result: PageResult) -> None:

@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 # written (in the writer process): fetching, mapping and writing overlap, and memory
 # stays bounded by these counts (plus source.concurrency pages in flight).
 PREFETCH_PAGES = 2
-WRITE_BEHIND_PAGES = 2
+WRITE_BEHIND_PAGES = 4
 
 Progress = Callable[["Counts", int, float], None]
 

@@ -11,10 +11,13 @@ The protocol, on two pipes (the child's stdin and stdout, which it moves
 aside at once so that a stray print cannot corrupt them):
 
     engine -> writer:  Setup, then PagePlan ..., then None (no more)
-    writer -> engine:  ("page", PageResult) | ("error", (class, message)) | ("dropped", None)
+    writer -> engine:  ("page", PageResult) | ("error", (class, message, plans)) | ("dropped", plans)
 
-After an error the writer commits nothing more: each plan still in flight
-is answered "dropped". The writer ignores SIGINT and SIGTERM (they are the
+The writer applies the plans that are waiting when it is ready as one batch
+(one target commit, one state transaction, the last page's checkpoint), so
+when it falls behind it catches up with fewer commits; each answer says how
+many plans it covers. After an error the writer commits nothing more: the
+plans still in flight are answered "dropped". The writer ignores SIGINT and SIGTERM (they are the
 engine's to handle: it stops planning and waits for the pages in flight),
 and it commits nothing once the engine is gone: a page it has not applied is
 read again by the next run.
@@ -33,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from runner import errors
-from runner.apply import PagePlan, PageResult, apply_plan
+from runner.apply import PagePlan, PageResult, apply_plans
 from runner.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.model import PostgresTarget, SqliteTarget, StateConfig
+
+# plans applied as one batch at most: the pages that wait for the writer when it is behind
+MAX_BATCH = 8
 
 # the child puts our own package first on its path, whatever its working directory holds
 _BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from runner.writer import main; main()"
@@ -80,14 +86,18 @@ class WriterProcess:
         except OSError as exc:  # BrokenPipeError: the writer is gone
             raise self._died() from exc
 
-    def receive(self) -> PageResult | None:
-        """The next page's result; None for a plan dropped after an error; raise the error."""
+    def receive(self) -> PageResult | int:
+        """The next batch's result, or how many plans were dropped after an error; raise the
+        error (with `.plans`, how many plans it answers)."""
         try:
             kind, value = self._results.recv()
         except (EOFError, OSError) as exc:
             raise self._died() from exc
         if kind == "error":
-            raise _rebuild(*value)
+            name, message, plans = value
+            error = _rebuild(name, message)
+            error.plans = plans  # type: ignore[attr-defined]
+            raise error
         return value  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -143,22 +153,22 @@ def serve(plans: Connection, results: Connection) -> None:
     try:
         store = open_store(setup.state)
         target = open_target(setup.target, fields=setup.fields)
-    except BaseException as exc:  # noqa: BLE001 - told to the engine as the first plan's answer
+    except BaseException as exc:  # noqa: BLE001 - told to the engine as the first plans' answer
         error = _describe(exc)
     told, committed, hasher = False, setup.committed, RecordHasher(setup.fields)
     try:
-        while (plan := _next(plans)) is not None:
+        while batch := _batch(plans):
             if error is not None:  # nothing after a failure is committed
-                results.send(("dropped", None) if told else ("error", error))
+                results.send(("dropped", len(batch)) if told else ("error", (*error, len(batch))))
                 told = True
                 continue
             if os.getppid() != setup.engine_pid:
                 return  # the engine is gone: commit nothing more
             try:
-                result = apply_plan(setup.pipeline, store, target, hasher, plan, committed=committed)  # type: ignore[arg-type]
+                result = apply_plans(setup.pipeline, store, target, hasher, batch, committed=committed)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001 - told to the engine
                 error = _describe(exc)
-                results.send(("error", error))
+                results.send(("error", (*error, len(batch))))
                 told = True
                 continue
             committed = result.checkpoint
@@ -169,7 +179,21 @@ def serve(plans: Connection, results: Connection) -> None:
                 opened.close()
 
 
+def _batch(plans: Connection) -> list[PagePlan]:
+    """The next plan and those already waiting behind it (up to MAX_BATCH); [] at the end."""
+    batch: list[PagePlan] = []
+    while len(batch) < MAX_BATCH and (not batch or plans.poll()):
+        plan = _next(plans)
+        if plan is None:
+            plans.close()  # the end: apply this batch, then the next read finds nothing
+            break
+        batch.append(plan)
+    return batch
+
+
 def _next(plans: Connection) -> Any:
+    if plans.closed:
+        return None
     try:
         return plans.recv()
     except EOFError:
