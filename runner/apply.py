@@ -75,18 +75,26 @@ def apply_plans(
     known = store.key_states(pipeline, keys)
     decided: list[tuple[Counts, Write]] = []
     final: dict[str, Write] = {}
+    batched = len(plans) > 1
     for plan, hashes in zip(plans, hashed):
         for key, record in plan.mapped:
             state = known.get(key)
-            if state is not None and state.hash == hashes[key]:
+            if state is None:
+                write = Write("create", key, record)
+            elif state.hash == hashes[key]:
                 plan.counts.skipped += 1
                 continue
-            write = Write("update" if state else "create", key, record, state.target_id if state else None)
+            else:
+                write = Write("update", key, record, state.target_id)
             decided.append((plan.counts, write))
-            earlier = final.get(key)
-            final[key] = write if earlier is None or earlier.op == write.op else Write("create", key, record)
-            known[key] = KeyState(hashes[key], write.target_id)
+            if batched:  # a later page of the batch sees this one as committed
+                earlier = final.get(key)
+                if earlier is not None and earlier.op != write.op:
+                    write = Write("create", key, record)  # created in this batch: one create, newest record
+                known[key] = KeyState(hashes[key], write.target_id)
+            final[key] = write
     writes = list(final.values())
+    hashed_last = hashed[0] if not batched else {key: state.hash for key, state in known.items()}
     result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
     failed = [failure for plan in plans for failure in plan.failed]
     rows, succeeded = [], []
@@ -96,7 +104,7 @@ def apply_plans(
         if error is not None:
             failed.append(FailedRecord(key, write.record, log.redact(error)))
             continue
-        rows.append((key, known[key].hash, result.target_ids.get(key)))
+        rows.append((key, hashed_last[key], result.target_ids.get(key)))
         succeeded.append(key)
     for counts, write in decided:
         if write.external_id not in result.errors:

@@ -2,20 +2,24 @@
 
 A record's hash is stored in the state store with its key; the next run skips
 a record whose hash is the same. The hash covers the field names (a new or
-renamed field is a change) and the values by their repr, which is exact for
-JSON values: 1, 1.0, "1" and true all differ. Objects go in with their keys
+renamed field is a change) and the values, serialized by `marshal` format 2:
+exact for JSON values (1, 1.0, "1" and true all differ), a pure function of
+the values (format 2 has no back-references, so object identity plays no
+part), and about three times as fast as repr. Objects go in with their keys
 sorted, so an API that reorders an object's keys causes no update.
 """
 
 from __future__ import annotations
 
 import hashlib
+import marshal
 import operator
 from typing import Any, Callable
 
 # the hash's version: a change here makes every stored hash differ, so one run updates all
 _VERSION = b"etl-content-hash-2\0"
 _NESTED = (dict, list)
+_MARSHAL_FORMAT = 2  # the last format without references: the bytes depend on the values alone
 
 
 class RecordHasher:
@@ -33,7 +37,10 @@ class RecordHasher:
                 values = tuple(map(_canonical, values))
                 break
         hasher = self._seeded.copy()
-        hasher.update(repr(values).encode())
+        try:
+            hasher.update(marshal.dumps(values, _MARSHAL_FORMAT))
+        except ValueError:  # a value marshal cannot write (not one JSON gives): its repr
+            hasher.update(repr(values).encode())
         return hasher.hexdigest()  # type: ignore[no-any-return]
 
 
