@@ -1,0 +1,231 @@
+"""Tests of runner.writer: the writer process that applies pages for database targets.
+
+Runs go through the engine against the demo API on 127.0.0.1 with real SQLite
+files; `serve()` is also driven directly over a pipe, in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import threading
+from multiprocessing import Pipe
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.apply import Counts, PagePlan, PageResult
+from runner.engine import run
+from runner.errors import EtlError, TargetError
+from runner.model import SqliteTarget, StateConfig
+from runner.state.sqlite import SqliteStateStore
+from runner.writer import Setup, serve
+
+NO_WAIT = {"sleep": lambda seconds: None}
+
+
+def write_pipeline(tmp_path: Path, base_url: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nname: writer-test\n"
+        f"source:\n  url: {base_url}/items/page\n  records: data\n"
+        "  pagination: {type: page, size_param: per_page, size: 100, total_pages: total_pages}\n"
+        "mapping:\n  external_id: to_string(id)\n  fields:\n    name: name\n    tags: tags\n"
+        f"target: {{type: sqlite, path: {tmp_path / 'out.db'}, table: items}}\n"
+        f"state: {{path: {tmp_path / 'state.db'}}}\n"
+    )
+    return path
+
+
+def children() -> list[int]:
+    """This process's child processes (the demo API runs in a thread: only writers are children)."""
+    found: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(pid) for pid in text]
+    return found
+
+
+def rows(tmp_path: Path) -> int:
+    db = sqlite3.connect(tmp_path / "out.db")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+    finally:
+        db.close()
+
+
+def saved(tmp_path: Path) -> tuple[int, str | None]:
+    store = SqliteStateStore(tmp_path / "state.db", read_only=True)
+    try:
+        shown = store.show("writer-test")
+        return shown["keys"], shown["checkpoint"]
+    finally:
+        store.close()
+
+
+# --- through the engine ---------------------------------------------------------------------
+
+
+def test_a_database_target_is_written_by_a_child_process_and_inline_on_request(
+    tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SQLite target gets a writer process while the run lasts, gone after; ETL_WRITER=inline has none."""
+    api = demo_api(1000)
+    path = write_pipeline(tmp_path, api.base_url)
+    seen: list[list[int]] = []
+    result = run(path, on_progress=lambda *_: seen.append(children()), **NO_WAIT)
+    assert result.counts.created == 1000 and rows(tmp_path) == 1000
+    assert seen and all(len(pids) == 1 for pids in seen) and children() == []
+    monkeypatch.setenv("ETL_WRITER", "inline")
+    seen.clear()
+    (tmp_path / "out.db").unlink()
+    again = run(path, full_refresh=True, on_progress=lambda *_: seen.append(children()), **NO_WAIT)
+    assert again.counts.skipped == 1000 and seen and all(pids == [] for pids in seen)
+
+
+def test_the_writers_error_fails_the_run_with_its_class_and_message_and_moves_no_state(
+    tmp_path: Path, demo_api: Any
+) -> None:
+    """A target that refuses every insert: the run fails with the TargetError raised in the child,
+    naming file and table and SQLite's words, and the state store has no key and no checkpoint."""
+    api = demo_api(500)
+    path = write_pipeline(tmp_path, api.base_url)
+    db = sqlite3.connect(tmp_path / "out.db")
+    db.executescript(
+        "CREATE TABLE items (external_id TEXT PRIMARY KEY, name, tags);"
+        "CREATE TRIGGER refuse BEFORE INSERT ON items BEGIN SELECT RAISE(ABORT, 'inserts refused here'); END;"
+    )
+    db.close()
+    with pytest.raises(TargetError) as caught:
+        run(path, **NO_WAIT)
+    message = str(caught.value)
+    assert f"sqlite target {tmp_path / 'out.db'} table items" in message and "inserts refused here" in message
+    assert caught.value.result.status == "failed" and caught.value.exit_code == 1  # type: ignore[attr-defined]
+    assert saved(tmp_path) == (0, None) and children() == []
+
+
+def test_a_writer_killed_mid_run_fails_the_run_and_the_next_run_lands_everything(
+    tmp_path: Path, demo_api: Any
+) -> None:
+    """SIGKILL to the writer after its first commit: the run fails saying the writer exited;
+    what it committed stays, and a re-run lands every record exactly once."""
+    api = demo_api(3000, latency_ms=5)
+    path = write_pipeline(tmp_path, api.base_url)
+    killed: list[int] = []
+
+    def kill_writer(counts: Any, pages: int, elapsed: float) -> None:
+        if not killed:
+            killed.extend(children())
+            os.kill(killed[0], signal.SIGKILL)
+
+    with pytest.raises(EtlError, match=r"the writer process exited unexpectedly \(exit code -9\)") as caught:
+        run(path, on_progress=kill_writer, **NO_WAIT)
+    committed = caught.value.result.pages  # type: ignore[attr-defined]
+    assert 1 <= committed < 30 and rows(tmp_path) == committed * 100
+    again = run(path, **NO_WAIT)
+    assert again.status == "success" and rows(tmp_path) == 3000
+    assert again.counts.created == 3000 - committed * 100
+
+
+def test_sigint_to_the_writer_is_ignored_the_engine_decides(tmp_path: Path, demo_api: Any) -> None:
+    """Ctrl-C reaches the whole process group; the writer ignores it, so a run not stopped completes."""
+    api = demo_api(2000, latency_ms=2)
+    path = write_pipeline(tmp_path, api.base_url)
+    signalled: list[int] = []
+
+    def interrupt_writer(counts: Any, pages: int, elapsed: float) -> None:
+        if not signalled:
+            signalled.extend(children())
+            os.kill(signalled[0], signal.SIGINT)
+
+    result = run(path, on_progress=interrupt_writer, **NO_WAIT)
+    assert signalled and result.status == "success" and rows(tmp_path) == 2000
+
+
+def test_a_writer_that_cannot_start_falls_back_to_inline_with_a_warning(
+    tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No Python to start (an embedding host): the run applies inline and says why."""
+    api = demo_api(300)
+    path = write_pipeline(tmp_path, api.base_url)
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    with caplog.at_level(logging.WARNING, logger="runner.engine"):
+        result = run(path, **NO_WAIT)
+    assert result.status == "success" and rows(tmp_path) == 300
+    (warning,) = [r for r in caplog.records if r.getMessage() == "writer.inline"]
+    assert "cannot start the writer process" in warning.fields["reason"]  # type: ignore[attr-defined]
+
+
+# --- serve(), driven over a pipe in this process ----------------------------------------------
+
+
+def plan(number: int, keys: range) -> PagePlan:
+    mapped = [(str(k), {"name": f"n{k}", "tags": None}) for k in keys]
+    return PagePlan(number, len(mapped), mapped, [], f'{{"page": {number + 1}}}', Counts(processed=len(mapped)))
+
+
+def setup(tmp_path: Path, engine_pid: int) -> Setup:
+    target = SqliteTarget(tmp_path / "out.db", "items")
+    return Setup("writer-test", target, StateConfig(path=tmp_path / "state.db"), ["name", "tags"], None, engine_pid)
+
+
+def serve_in_thread(*messages: Any) -> tuple[list[Any], threading.Thread]:
+    """Queue `messages` on the plans pipe, then serve them; return the answers (filled when done)."""
+    plans_r, plans_w = Pipe(duplex=False)
+    results_r, results_w = Pipe(duplex=False)
+    for message in messages:
+        plans_w.send(message)
+    answers: list[Any] = []
+
+    def work() -> None:
+        serve(plans_r, results_w)
+        results_w.close()
+        while True:
+            try:
+                answers.append(results_r.recv())
+            except EOFError:
+                return
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return answers, thread
+
+
+def test_plans_already_waiting_are_applied_as_one_batch(tmp_path: Path) -> None:
+    """Three plans queued before the writer reads: one answer covering 3 pages, the last checkpoint."""
+    answers, thread = serve_in_thread(
+        setup(tmp_path, os.getppid()), plan(1, range(0, 10)), plan(2, range(10, 20)), plan(3, range(20, 30)), None
+    )
+    thread.join(10)
+    ((kind, result),) = answers
+    assert kind == "page" and isinstance(result, PageResult)
+    assert (result.pages, result.number, result.counts.created, result.checkpoint) == (3, 3, 30, '{"page": 4}')
+    assert rows(tmp_path) == 30 and saved(tmp_path) == (30, '{"page": 4}')
+
+
+def test_the_writer_commits_nothing_once_its_engine_is_gone(tmp_path: Path) -> None:
+    """A writer whose parent is no longer the engine that started it exits without applying."""
+    answers, thread = serve_in_thread(setup(tmp_path, engine_pid=-1), plan(1, range(10)), None)
+    thread.join(10)
+    assert answers == [] and saved(tmp_path) == (0, None)
+
+
+def test_after_an_error_the_writer_answers_the_rest_dropped(tmp_path: Path) -> None:
+    """A target that cannot open: the first plans get the error, each later plan "dropped", none applied."""
+    (tmp_path / "out.db").mkdir()  # a directory where the target file should be
+    plans_r, plans_w = Pipe(duplex=False)
+    results_r, results_w = Pipe(duplex=False)
+    thread = threading.Thread(target=serve, args=(plans_r, results_w))
+    thread.start()
+    plans_w.send(setup(tmp_path, os.getppid()))
+    plans_w.send(plan(1, range(10)))
+    kind, (name, message, plans) = results_r.recv()
+    assert (kind, name, plans) == ("error", "TargetError", 1) and "out.db" in message
+    plans_w.send(plan(2, range(10, 20)))
+    assert results_r.recv() == ("dropped", 1)
+    plans_w.send(None)
+    thread.join(10)
+    assert not thread.is_alive() and saved(tmp_path) == (0, None)
