@@ -53,6 +53,7 @@ from runner.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError, ResponseError
 from runner.model import Auth, RateLimit, Retry, Timeout
 from runner.ratelimit import RateLimiter
+from runner.transport import LazyTlsTransport
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # failures that a new attempt can fix; UnsupportedProtocol and LocalProtocolError cannot
@@ -144,7 +145,7 @@ class HttpClient:
         self._retries = 0
         self._auth = make_auth(auth, post=self._post_token, clock=clock)
         self._http = httpx.Client(
-            transport=transport,
+            transport=transport if transport is not None else LazyTlsTransport(),
             timeout=_httpx_timeout(timeout),
             headers=dict(headers or {}),
             follow_redirects=True,  # httpx drops Authorization when the origin changes
