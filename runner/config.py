@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import jmespath
-from dotenv import dotenv_values
 from jmespath.exceptions import (
     EmptyExpressionError,
     IncompleteExpressionError,
@@ -193,7 +192,7 @@ def _variables(env: Mapping[str, str] | None, env_file: PathLike | None, report:
     dotenv = Path(env_file) if env_file is not None else Path.cwd() / ".env"
     if env_file is not None and not dotenv.is_file():
         report.problems.append(Problem(os.fspath(env_file), 1, 1, "", "env file not found"))
-    from_file = dotenv_values(dotenv) if dotenv.is_file() else {}
+    from_file = _read_dotenv(dotenv) if dotenv.is_file() else {}
     return {**{k: v for k, v in from_file.items() if v is not None}, **real}
 
 
@@ -458,3 +457,9 @@ def _resolve(path: str) -> Path:
     """Relative paths resolve against the working directory."""
     resolved = Path(path).expanduser()
     return resolved if resolved.is_absolute() else Path.cwd() / resolved
+
+
+def _read_dotenv(path: Path) -> dict[str, str | None]:
+    from dotenv import dotenv_values  # imported only when there is a .env: most runs have none
+
+    return dotenv_values(path)

@@ -157,13 +157,15 @@ def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> di
 # --- formatting ------------------------------------------------------------------
 
 _NEEDS_QUOTES = re.compile(r'[\s"=\\]|[\x00-\x1f\x7f]')
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# backslash, quote and the usual control characters as escapes; any other control as \xNN
+_ESCAPES = str.maketrans({
+    "\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t",
+    **{chr(c): f"\\x{c:02x}" for c in [*range(0x20), 0x7F] if chr(c) not in "\n\r\t"},
+})
 
 
 def _escape(text: str) -> str:
-    text = "".join(_ESCAPES.get(ch, ch) for ch in text)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.translate(_ESCAPES)
 
 
 def _kv_text(value: Any) -> str:
