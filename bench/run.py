@@ -393,7 +393,9 @@ def details(o: Outcome) -> str:
         line = (
             f"  etl: wall {o.etl['wall_s']:.2f} s (engine {elapsed:.2f} s), requests={summ.get('requests')} "
             f"pages={pages}, {pages / o.etl['wall_s']:,.0f} pages/s, CPU {o.etl['cpu_s']:.2f} s "
-            f"({100 * o.etl['cpu_s'] / o.etl['wall_s']:.0f}% of wall); API CPU {o.etl['api_cpu_pct']:.0f}%"
+            f"({100 * o.etl['cpu_s'] / o.etl['wall_s']:.0f}% of wall); API CPU {o.etl['api_cpu_pct']:.0f}%; "
+            f"RSS {o.etl['peak_rss_mb']:.1f} MB over {o.etl.get('processes', 1)} processes "
+            f"(largest {o.etl.get('largest_rss_mb', o.etl['peak_rss_mb']):.1f} MB)"
         )
         if s.floor_s:
             line += f"; floor {s.floor_s:.2f} s: wall/floor {o.etl['wall_s'] / s.floor_s:.2f}x, engine/floor {elapsed / s.floor_s:.2f}x"
