@@ -138,7 +138,7 @@ def _locked_run(
     reader: SourceReader | None = None
     error: EtlError | None = None
     # started first, so that its start-up overlaps with opening the target and the first fetch
-    writer = None if dry_run else _start_writer(pipeline, checkpoint.dumps() if checkpoint else None)
+    writer = None if dry_run else _start_writer(pipeline, run_id, checkpoint.dumps() if checkpoint else None)
     try:
         target = dry_run_target(stdout) if dry_run else _open_target(pipeline, transport, sleep)
         state = RunState(pipeline, store, target)
@@ -192,7 +192,7 @@ def _pump(
         state.target.close()
 
 
-def _start_writer(pipeline: Pipeline, committed: str | None) -> WriterProcess | None:
+def _start_writer(pipeline: Pipeline, run_id: str, committed: str | None) -> WriterProcess | None:
     """The writer process for a database target, or None to apply inline: the http
     target (an update needs the id its create returned), jsonl, or ETL_WRITER=inline."""
     if not isinstance(pipeline.target, (SqliteTarget, PostgresTarget)):
@@ -201,7 +201,7 @@ def _start_writer(pipeline: Pipeline, committed: str | None) -> WriterProcess | 
         return None
     setup = Setup(
         pipeline.name, pipeline.target, pipeline.state, [name for name, _ in pipeline.mapping.fields],
-        committed, os.getpid(),
+        committed, os.getpid(), run_id, pipeline.secrets, log.settings(),
     )
     try:
         return WriterProcess(setup)

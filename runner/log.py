@@ -257,3 +257,13 @@ def configure(
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     return handler
+
+
+def settings() -> tuple[Literal["text", "json"], bool] | None:
+    """The format and verbosity `configure()` installed, or None (a host's own logging):
+    what a helper process (the writer) needs to log as this process does."""
+    for handler in logging.getLogger("runner").handlers:
+        if getattr(handler, "_etl_handler", False):
+            fmt: Literal["text", "json"] = "json" if isinstance(handler.formatter, JsonFormatter) else "text"
+            return fmt, logging.getLogger("runner").level <= logging.DEBUG
+    return None

@@ -25,6 +25,8 @@ read again by the next run.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -35,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from runner import errors
+from runner import errors, log
 from runner.apply import PagePlan, PageResult, apply_plans
 from runner.contenthash import RecordHasher
 from runner.errors import EtlError
@@ -44,8 +46,8 @@ from runner.model import PostgresTarget, SqliteTarget, StateConfig
 # plans applied as one batch at most: the pages that wait for the writer when it is behind
 MAX_BATCH = 8
 
-# the child puts our own package first on its path, whatever its working directory holds
-_BOOT = "import sys; sys.path.insert(0, sys.argv[1]); from runner.writer import main; main()"
+# the child imports from exactly the engine's path (not its working directory's contents)
+_BOOT = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from runner.writer import main; main()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +58,23 @@ class Setup:
     fields: list[str]
     committed: str | None  # the checkpoint committed before the first plan
     engine_pid: int
+    run_id: str = ""
+    secrets: frozenset[str] = frozenset()  # redacted from anything the writer prints
+    log: tuple[str, bool] | None = None  # the engine's log format and verbosity, if etl set them
 
 
 class WriterProcess:
     """The engine's end: start the writer, send it plans, receive their results in order."""
 
     def __init__(self, setup: Setup) -> None:
+        if os.name != "posix" or not sys.executable:
+            raise OSError("a writer process needs a POSIX system and sys.executable")
         plans_r, plans_w = os.pipe()
         results_r, results_w = os.pipe()
-        package_root = str(Path(__file__).resolve().parent.parent)
+        path = [str(Path(entry or ".").resolve()) for entry in sys.path]
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, package_root],
+                [sys.executable, "-c", _BOOT, json.dumps(path)],
                 stdin=plans_r, stdout=results_w, close_fds=True,
             )
         except BaseException:
@@ -115,8 +122,9 @@ class WriterProcess:
     def _died(self) -> EtlError:
         code = self._process.wait()
         return EtlError(
-            f"the writer process exited unexpectedly (exit code {code}); "
-            "the pages it had not committed are read again by the next run"
+            f"the writer process exited unexpectedly (exit code {code}); its own error, if any, "
+            "is on stderr above; the pages it had not committed are read again by the next run "
+            "(ETL_WRITER=inline runs without a writer process)"
         )
 
 
@@ -148,6 +156,15 @@ def serve(plans: Connection, results: Connection) -> None:
     from runner.state import open_store
     from runner.targets import open_target
 
+    log.add_secrets(setup.secrets)
+    if setup.log is not None and not logging.getLogger("runner").handlers:  # a process of its own
+        fmt, verbose = setup.log
+        log.configure(fmt="json" if fmt == "json" else "text", verbose=verbose)
+    with log.run_context(run_id=setup.run_id, pipeline=setup.pipeline):
+        _serve(setup, plans, results, open_store, open_target)
+
+
+def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any, open_target: Any) -> None:
     store = target = None
     error: tuple[str, str] | None = None
     try:
@@ -203,5 +220,6 @@ def _next(plans: Connection) -> Any:
 def _describe(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, EtlError):
         return type(exc).__name__, str(exc)
-    traceback.print_exc()  # a bug: its traceback goes to stderr, its gist to the engine
-    return "EtlError", f"writer process: {type(exc).__name__}: {exc}"
+    # a bug: its traceback (secrets masked) goes to stderr, its gist to the engine
+    sys.stderr.write(log.redact(traceback.format_exc()))
+    return "EtlError", log.redact(f"writer process: {type(exc).__name__}: {exc}")

@@ -229,3 +229,20 @@ def test_after_an_error_the_writer_answers_the_rest_dropped(tmp_path: Path) -> N
     plans_w.send(None)
     thread.join(10)
     assert not thread.is_alive() and saved(tmp_path) == (0, None)
+
+
+def test_a_writer_bug_is_reported_with_secrets_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unexpected exception in the writer: its traceback on stderr and its gist for the engine,
+    a known secret masked in both."""
+    from runner import log
+    from runner.writer import _describe
+
+    log.add_secrets(["pg-pass-SECRET-42"])
+    try:
+        raise RuntimeError("connect to postgresql://etl:pg-pass-SECRET-42@db failed")
+    except RuntimeError as exc:
+        name, message = _describe(exc)
+    err = capsys.readouterr().err
+    assert name == "EtlError" and message.startswith("writer process: RuntimeError: connect to")
+    assert "Traceback" in err and "RuntimeError" in err
+    assert "pg-pass-SECRET-42" not in message + err and "***" in message and "***" in err
