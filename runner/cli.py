@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -24,6 +25,33 @@ from runner.model import Pipeline, Secret, StateConfig
 from runner.state import open_store
 
 logger = logging.getLogger("runner.cli")
+
+
+def entry() -> None:
+    """The console script (`etl`, `python -m runner`): the command, then an exit without the
+    interpreter's teardown. By then every run has committed, closed its files and connections
+    and waited for its writer process; what is left to flush is flushed here. Tearing down every
+    loaded module of a process about to end costs some 30 ms, which a scheduled job pays per run."""
+    try:
+        main(standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = _status(exc.code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _status(code: object) -> int:
+    """What `sys.exit(code)` would exit with: None is 0, a message is printed and 1."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 @click.group()

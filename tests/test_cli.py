@@ -313,3 +313,17 @@ def test_version_prints_the_package_version(tmp_path: Path) -> None:
     """`etl --version` prints `etl, version X` and exits 0."""
     done = etl(tmp_path, "--version")
     assert (done.returncode, done.stdout) == (0, f"etl, version {__version__}\n")
+
+
+def test_the_console_entry_flushes_everything_and_keeps_click_exit_codes(tmp_path: Path) -> None:
+    """`python -m runner` leaves without interpreter teardown: a long stdout still arrives whole
+    through a pipe, a usage error still exits 2 and a failed validate 1."""
+    def etl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runner", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+
+    shown = etl("schema")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["title"]
+    assert etl("run").returncode == 2 and "Missing argument" in etl("run").stderr
+    (tmp_path / "bad.yaml").write_text("version: 1\nname: x\n")
+    bad = etl("validate", "bad.yaml")
+    assert bad.returncode == 1 and "bad.yaml" in bad.stdout + bad.stderr
