@@ -41,7 +41,7 @@ class RecordHasher:
             hasher.update(marshal.dumps(values, _MARSHAL_FORMAT))
         except ValueError:  # a value marshal cannot write (not one JSON gives): its repr
             hasher.update(repr(values).encode())
-        return hasher.hexdigest()  # type: ignore[no-any-return]
+        return hasher.hexdigest()
 
 
 def content_hash(record: dict[str, Any]) -> str:

@@ -24,7 +24,8 @@ import httpx
 
 from runner import log
 from runner.client import HttpClient
-from runner.committer import Checkpoint, Committer, Counts, RunState
+from runner.apply import Counts
+from runner.committer import Checkpoint, Committer, RunState
 from runner.config import load_pipeline
 from runner.errors import EtlError, Interrupted
 from runner.incremental import Watermark

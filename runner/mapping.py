@@ -88,7 +88,7 @@ def key_string(value: Any) -> str | None:
     if value is None or value == "":
         return None
     if type(value) is str:
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
@@ -103,7 +103,7 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     names: dict[str, Any] = {"_to_string": to_string, "_truthy": _truthy}
 
     def source(expr: Expr) -> str:
-        inline = inline_source(expr.parsed.parsed, "r", lambda: f"_t{next(counter)}")
+        inline = inline_source(expr.parsed.parsed, "r", lambda: f"_t{next(counter)}")  # type: ignore[arg-type]
         if inline is not None:
             return inline
         name = f"_e{next(counter)}"

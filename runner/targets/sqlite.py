@@ -73,7 +73,8 @@ class SqliteTargetWriter:
 
     def _values(self, writes: Sequence[Write]) -> list[Any]:
         """Each write's key and field values, rows laid end to end; a missing field is null."""
-        fields, values = self.fields, []
+        fields = self.fields
+        values: list[Any] = []
         append, extend = values.append, values.extend
         for write in writes:
             append(write.external_id)
