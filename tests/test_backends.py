@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from typing import Any, Iterator
 
 import psycopg
@@ -209,7 +210,9 @@ def test_dry_run_changes_nothing_and_prints_each_write(backend: Backend, demo_ap
 def test_interrupted_run_resumes_and_lands_every_record_once(
     backend: Backend, demo_api: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A run stopped after page 3 raises Interrupted; the next resumes from page 4 and lands the source once."""
+    """A run stopped after page 3 (and the pages already handed to the writer) raises Interrupted;
+    the next resumes at the page after its checkpoint, never asks for page 1 again, and lands the
+    source once."""
     api = demo_api(3000)
     path = backend.pipeline(api)
     flag = StopFlag()
@@ -225,11 +228,14 @@ def test_interrupted_run_resumes_and_lands_every_record_once(
     assert len(backend.rows()) == done * 100
     assert backend.state_shown()["checkpoint"] is not None
     backend.assert_no_lock()
+    api.request_log.clear()
     with caplog.at_level(logging.WARNING, logger="runner.engine"):
         resumed = run(path, **NO_WAIT)
     left = 3000 - done * 100
     assert resumed.resumed and counts(resumed) == (left, left, 0, 0, 0)
     assert [r.fields for r in caplog.records if r.getMessage() == "run.resumed"] == [{"from_page": done + 1}]
+    asked = [int(parse_qs(urlsplit(target).query)["page"][0]) for _, target in api.request_log]
+    assert asked[0] == done + 1 and min(asked) == done + 1, "the resumed run starts after its checkpoint"
     assert backend.rows() == expected(api)
     assert backend.state_shown()["checkpoint"] is None
 

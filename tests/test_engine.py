@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from runner.demo_api import DemoApi
-from runner.engine import WRITE_BEHIND_PAGES, RunResult, StopFlag, run
+from runner.engine import RunResult, StopFlag, run
 from runner.errors import FetchError, Interrupted
 from runner.state.sqlite import SqliteStateStore
 
@@ -146,32 +146,6 @@ def test_failed_records_are_counted_kept_and_the_run_goes_on(tmp_path: Path, api
     assert shown["failed_total"] == inactive
     assert all(f["raw"]["status"] == "inactive" and "null" in f["error"] for f in shown["failed"])
     assert len(table(tmp_path)) == 1000 - inactive
-
-
-def test_interrupted_run_resumes_from_its_checkpoint(tmp_path: Path) -> None:
-    """A run stopped after page 3 saves its checkpoint; the next run resumes there, never asks
-    for page 1 again, and lands everything once."""
-    with DemoApi(records=3000) as api:
-        path = write_pipeline(tmp_path, api.base_url)
-        flag = StopFlag()
-
-        def stop_after_three(counts: Any, pages: int, elapsed: float) -> None:
-            if pages >= 3:  # commits come one page or one batch at a time
-                flag.stop("SIGTERM")
-
-        with pytest.raises(Interrupted) as caught:
-            run(path, stop=flag, on_progress=stop_after_three, **NO_WAIT)
-        result = caught.value.result
-        done = result.pages  # page 3, and the pages already handed to the writer
-        assert (result.status, caught.value.exit_code) == ("interrupted", 143)
-        assert 3 <= done <= 2 + 2 * WRITE_BEHIND_PAGES
-        assert len(table(tmp_path)) == done * 100
-        api.request_log.clear()
-        resumed = run(path, **NO_WAIT)
-        left = 3000 - done * 100
-        assert resumed.resumed and resumed.counts.created == left and resumed.counts.processed == left
-        assert not any("page=1&" in entry[1] or entry[1].endswith("page=1") for entry in api.request_log)
-        assert len(table(tmp_path)) == 3000
 
 
 def test_failed_fetch_keeps_watermark_and_checkpoint(tmp_path: Path) -> None:
