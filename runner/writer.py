@@ -25,6 +25,7 @@ read again by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -176,7 +177,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
     try:
         while batch := _batch(plans):
             if error is not None:  # nothing after a failure is committed
-                results.send(("dropped", len(batch)) if told else ("error", (*error, len(batch))))
+                _answer(results, ("dropped", len(batch)) if told else ("error", (*error, len(batch))))
                 told = True
                 continue
             if os.getppid() != setup.engine_pid:
@@ -185,11 +186,11 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
                 result = apply_plans(setup.pipeline, store, target, hasher, batch, committed=committed)  # type: ignore[arg-type]
             except BaseException as exc:  # noqa: BLE001 - told to the engine
                 error = _describe(exc)
-                results.send(("error", (*error, len(batch))))
+                _answer(results, ("error", (*error, len(batch))))
                 told = True
                 continue
             committed = result.checkpoint
-            results.send(("page", result))
+            _answer(results, ("page", result))
     finally:
         for opened in (target, store):
             if opened is not None:
@@ -206,6 +207,13 @@ def _batch(plans: Connection) -> list[PagePlan]:
             break
         batch.append(plan)
     return batch
+
+
+def _answer(results: Connection, message: tuple[str, Any]) -> None:
+    """Tell the engine; if it has stopped listening (closing after an error of its own), the
+    plans it sent are still applied in order: each is a whole page, committed or not at all."""
+    with contextlib.suppress(BrokenPipeError):
+        results.send(message)
 
 
 def _next(plans: Connection) -> Any:

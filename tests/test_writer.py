@@ -246,3 +246,15 @@ def test_a_writer_bug_is_reported_with_secrets_masked(capsys: pytest.CaptureFixt
     assert name == "EtlError" and message.startswith("writer process: RuntimeError: connect to")
     assert "Traceback" in err and "RuntimeError" in err
     assert "pg-pass-SECRET-42" not in message + err and "***" in message and "***" in err
+
+
+def test_plans_sent_are_applied_even_when_the_engine_stops_listening(tmp_path: Path) -> None:
+    """The engine closed its end of the results pipe (it is leaving after an error of its own):
+    the writer still applies, in order, the plans it was sent, and exits cleanly."""
+    plans_r, plans_w = Pipe(duplex=False)
+    results_r, results_w = Pipe(duplex=False)
+    results_r.close()
+    for message in (setup(tmp_path, os.getppid()), plan(1, range(10)), plan(2, range(10, 20)), None):
+        plans_w.send(message)
+    serve(plans_r, results_w)
+    assert rows(tmp_path) == 20 and saved(tmp_path) == (20, '{"page": 3}')
