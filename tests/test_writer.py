@@ -124,10 +124,12 @@ def test_a_writer_killed_mid_run_fails_the_run_and_the_next_run_lands_everything
     with pytest.raises(EtlError, match=r"the writer process exited unexpectedly \(exit code -9\)") as caught:
         run(path, on_progress=kill_writer, **NO_WAIT)
     committed = caught.value.result.pages  # type: ignore[attr-defined]
-    assert 1 <= committed < 30 and rows(tmp_path) == committed * 100
+    # the writer may have committed a batch more than it told before it died: at least these
+    known, _ = saved(tmp_path)
+    assert 1 <= committed < 30 and known >= committed * 100 and rows(tmp_path) >= known
     again = run(path, **NO_WAIT)
     assert again.status == "success" and rows(tmp_path) == 3000
-    assert again.counts.created == 3000 - committed * 100
+    assert again.counts.created == 3000 - known
 
 
 def test_sigint_to_the_writer_is_ignored_the_engine_decides(tmp_path: Path, demo_api: Any) -> None:
