@@ -128,13 +128,15 @@ def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> s
     kind = node["type"]
     if kind == "field":
         return f"{var}.get({node['value']!r})"
-    if kind == "subexpression":
-        left, right = node["children"]
-        inner = inline_source(left, var, temps)
-        if inner is None or right["type"] != "field":
+    if kind == "subexpression":  # a.b.c parses as one node with the children a, b, c
+        first, *rest = node["children"]
+        source = inline_source(first, var, temps)
+        if source is None or any(step["type"] != "field" for step in rest):
             return None
-        temp = temps()
-        return f"({temp}.get({right['value']!r}) if type({temp} := {inner}) is dict else None)"
+        for step in rest:
+            temp = temps()
+            source = f"({temp}.get({step['value']!r}) if type({temp} := {source}) is dict else None)"
+        return source
     if kind == "function_expression" and node["value"] == "to_string" and len(node["children"]) == 1:
         inner = inline_source(node["children"][0], var, temps)
         return None if inner is None else f"_to_string({inner})"

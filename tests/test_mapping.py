@@ -8,6 +8,7 @@ import jmespath
 import pytest
 
 from runner.mapping import Failed, Mapped, key_string, map_record
+from runner import functions
 from runner.model import Expr, MappingSpec
 
 
@@ -100,3 +101,53 @@ def test_bad_date_fails_the_record() -> None:
     """A value that is not a date makes to_iso fail the record, not the run."""
     out = map_record(spec(t="to_iso(t)"), {"id": 1, "t": "yesterday"})
     assert isinstance(out, Failed) and "not an ISO-8601" in out.error
+
+
+# --- the generated mapping function ---------------------------------------------------------
+
+RECORDS: list[Any] = [
+    {"id": 1, "user": {"login": "ada", "id": 7}, "tags": ["a", "b"], "n": 0, "f": 1.5, "b": False},
+    {"id": "x-2", "user": {"login": None}, "tags": [], "n": None},
+    {"id": 3, "user": "not an object", "tags": "not a list"},
+    {"id": 4, "user": ["a", "list"], "deep": {"a": {"b": {"c": [1, {"d": 2}]}}}},
+    {"id": 5.0, "user": {}, "deep": {"a": None}},
+    {"id": True, "deep": {"a": {"b": "leaf"}}},
+    {},
+]
+PATHS = {
+    "plain": "user", "nested": "user.login", "deep": "deep.a.b.c", "missing": "nope.nothing",
+    "string": "to_string(user.id)", "string_of_object": "to_string(user)", "index": "tags[0]",
+    "projection": "deep.a.b.c[].d", "function": "length(tags || `[]`)", "literal": "`\"k\"`",
+}
+
+
+def test_the_generated_function_maps_as_jmespath_does() -> None:
+    """Every path the generator inlines, and the ones it hands to the evaluator, give what
+    jmespath.search gives on records whose intermediates are objects, lists, strings or null."""
+    mapping = spec(external_id="to_string(id)", **PATHS)
+    for raw in RECORDS:
+        out = map_record(mapping, raw)
+        expected = {name: jmespath.search(text, raw, options=functions.OPTIONS) for name, text in PATHS.items()}
+        key = jmespath.search("to_string(id)", raw, options=functions.OPTIONS)
+        assert isinstance(out, Mapped), (raw, out)
+        assert out.record == expected and list(out.record) == list(PATHS), raw
+        assert out.external_id == key_string(key), raw
+
+
+def test_a_record_that_is_not_an_object_maps_through_the_evaluators() -> None:
+    """A records list of scalars or lists: `@` and paths give what jmespath gives (paths null)."""
+    mapping = spec(external_id="to_string(@)", whole="@", name="name", first="[0]")
+    for raw in ("abc", 12, [1, 2], ["x"]):
+        out = map_record(mapping, raw)
+        assert isinstance(out, Mapped)
+        expected = {name: jmespath.search(text, raw) for name, text in (("whole", "@"), ("name", "name"), ("first", "[0]"))}
+        assert out.record == expected
+
+
+def test_field_names_that_are_not_identifiers_are_kept_as_written() -> None:
+    """Output names with spaces, quotes or Python keywords are dict keys, never code."""
+    names = {"with space": "id", "quote'd\"": "id", "class": "id", "_f0": "user.login"}
+    mapping = MappingSpec(expr("to_string(id)"), tuple((n, expr(t)) for n, t in names.items()))
+    out = map_record(mapping, RECORDS[0])
+    assert isinstance(out, Mapped)
+    assert out.record == {"with space": 1, "quote'd\"": 1, "class": 1, "_f0": "ada"}
