@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import jmespath
@@ -151,3 +153,16 @@ def test_field_names_that_are_not_identifiers_are_kept_as_written() -> None:
     out = map_record(mapping, RECORDS[0])
     assert isinstance(out, Mapped)
     assert out.record == {"with space": 1, "quote'd\"": 1, "class": 1, "_f0": "ada"}
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_pipeline_mapping_compiles_and_maps(path: Path) -> None:
+    """Each shipped pipeline's mapping becomes a generated function that maps a sparse record."""
+    from runner.config import load_pipeline
+    from runner.mapping import Mapper
+
+    names = re.findall(r"\$\{(\w+)", path.read_text())
+    pipeline = load_pipeline(path, env={name: "placeholder" for name in names})
+    mapper = Mapper(pipeline.mapping)
+    out = mapper.map({"id": 1, "key": "K-1", "fields": {"status": {}}, "user": None})
+    assert out is None or isinstance(out, (Mapped, Failed))
