@@ -96,3 +96,30 @@ def test_dry_run_target_prints_what_jsonl_would_write() -> None:
     target.write([Write("update", "7", {"a": [1]})])
     target.close()
     assert stream.getvalue() == '{"op":"update","external_id":"7","record":{"a":[1]}}\n'
+
+
+def test_two_writers_opening_one_new_table_at_once_both_succeed(tmp_path: Path) -> None:
+    """The engine and its writer process open the target together on a first run: creating the
+    table and adding 300 columns is one transaction, so neither fails on a column the other added."""
+    import threading
+
+    from runner.model import SqliteTarget
+    from runner.targets.sqlite import SqliteTargetWriter
+
+    fields = [f"f{i}" for i in range(300)]
+    for attempt in range(5):
+        config = SqliteTarget(tmp_path / f"race-{attempt}.db", "items")
+        errors: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                SqliteTargetWriter(config, fields=fields).close()
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

@@ -31,8 +31,7 @@ class SqliteTargetWriter:
         self.fields = fields
         try:
             Path(config.path).parent.mkdir(parents=True, exist_ok=True)
-            # opened here, written only by the engine's writer thread: never two threads at once
-            self._db = sqlite3.connect(config.path, isolation_level=None, timeout=30, check_same_thread=False)
+            self._db = sqlite3.connect(config.path, isolation_level=None, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._prepare()
         except (sqlite3.Error, OSError) as exc:
@@ -40,12 +39,21 @@ class SqliteTargetWriter:
         self._head, self._tail = self._upsert_sql()
 
     def _prepare(self) -> None:
+        """Create the table and add missing columns in one write transaction, so that two
+        processes opening the same table at once (the engine and its writer, or two
+        pipelines) cannot both see a column missing and both add it."""
         table = quote(self.config.table)
-        self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (external_id TEXT PRIMARY KEY)")
-        have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
-        for name in self.fields:
-            if name not in have:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (external_id TEXT PRIMARY KEY)")
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name in self.fields:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _upsert_sql(self) -> tuple[str, str]:
         """The statement around its VALUES rows: `INSERT INTO t (...)` and `ON CONFLICT ...`."""
