@@ -23,16 +23,17 @@ from typing import Any, Callable, Protocol
 from jmespath.exceptions import JMESPathError
 
 from runner import log
-from runner.errors import EtlError
+from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plans
 from runner.contenthash import RecordHasher
+from runner.errors import EtlError
 from runner.incremental import Watermark
 from runner.mapping import Failed, Mapper
 from runner.model import Pipeline
 from runner.pagination import PageRequest
 from runner.source import Page
-from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plans
 from runner.state import FailedRecord, StateStore
 from runner.targets import Target
+from runner.writer import WriterUnavailable
 
 logger = logging.getLogger("runner.engine")
 
@@ -154,14 +155,19 @@ class Committer:
 
     def submit(self, page: Page) -> None:
         """Plan the page here; apply it here, or hand it to the writer."""
-        plan = plan_page(self._run, page)
+        run, plan = self._run, plan_page(self._run, page)
         if self._channel is None:
-            run = self._run
             self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
             return
         while self._in_flight >= self._depth:
             self._receive()
-        self._channel.send(plan)
+        try:
+            self._channel.send(plan)
+        except WriterUnavailable as exc:  # before any plan went: apply inline from here on
+            log.event(logger, "writer.inline", level=logging.WARNING, reason=str(exc))
+            self._channel = None
+            self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
+            return
         self._in_flight += 1
 
     def close(self) -> None:

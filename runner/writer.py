@@ -11,7 +11,8 @@ The protocol, on two pipes (the child's stdin and stdout, which it moves
 aside at once so that a stray print cannot corrupt them):
 
     engine -> writer:  Setup, then PagePlan ..., then None (no more)
-    writer -> engine:  ("page", PageResult) | ("error", (class, message, plans)) | ("dropped", plans)
+    writer -> engine:  ("ready", None) | ("error", (class, message, 0)), then for the plans:
+                       ("page", PageResult) | ("error", (class, message, plans)) | ("dropped", plans)
 
 The writer applies the plans that are waiting when it is ready as one batch
 (one target commit, one state transaction, the last page's checkpoint), so
@@ -36,7 +37,7 @@ import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runner import errors, log
 from runner.apply import PagePlan, PageResult, apply_plans
@@ -64,8 +65,19 @@ class Setup:
     log: tuple[str, bool] | None = None  # the engine's log format and verbosity, if etl set them
 
 
+class WriterUnavailable(Exception):
+    """The writer process ended before it was ready: the engine applies inline instead."""
+
+
 class WriterProcess:
-    """The engine's end: start the writer, send it plans, receive their results in order."""
+    """The engine's end: start the writer, send it plans, receive their results in order.
+
+    The child starts in a session of its own, so a Ctrl-C (or a SIGTERM to the engine's
+    process group) reaches only the engine, even before the child could ignore it. Its first
+    answer says it is ready (target and store open); the engine reads it before the first
+    plan, and a writer that ended before that (an embedding host whose sys.executable is no
+    Python, say) raises WriterUnavailable with no plan lost.
+    """
 
     def __init__(self, setup: Setup) -> None:
         if os.name != "posix" or not sys.executable:
@@ -76,7 +88,7 @@ class WriterProcess:
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, json.dumps(path)],
-                stdin=plans_r, stdout=results_w, close_fds=True,
+                stdin=plans_r, stdout=results_w, close_fds=True, start_new_session=True,
             )
         except BaseException:
             for fd in (plans_r, plans_w, results_r, results_w):
@@ -86,13 +98,30 @@ class WriterProcess:
         os.close(results_w)
         self._plans = Connection(plans_w, readable=False)
         self._results = Connection(results_r, writable=False)
-        self.send(setup)
+        self._ready = False
+        try:
+            self._plans.send(setup)
+        except OSError:  # it is gone already: said when the first plan would go
+            pass
 
-    def send(self, plan: PagePlan | Setup | None) -> None:
+    def send(self, plan: PagePlan) -> None:
+        if not self._ready:
+            self._wait_ready()
         try:
             self._plans.send(plan)
         except OSError as exc:  # BrokenPipeError: the writer is gone
             raise self._died() from exc
+
+    def _wait_ready(self) -> None:
+        try:
+            kind, value = self._results.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.wait()
+            self.close()
+            raise WriterUnavailable(f"the writer process ended before it was ready (exit code {code})") from exc
+        if kind == "error":  # the writer could not open the target or the store
+            raise _rebuild(*value[:2])
+        self._ready = True
 
     def receive(self) -> PageResult | int:
         """The next batch's result, or how many plans were dropped after an error; raise the
@@ -167,12 +196,18 @@ def serve(plans: Connection, results: Connection) -> None:
 
 def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any, open_target: Any) -> None:
     store = target = None
-    error: tuple[str, str] | None = None
     try:
         store = open_store(setup.state)
         target = open_target(setup.target, fields=setup.fields)
-    except BaseException as exc:  # noqa: BLE001 - told to the engine as the first plans' answer
-        error = _describe(exc)
+    except BaseException as exc:  # noqa: BLE001 - told to the engine instead of "ready"
+        _answer(results, ("error", (*_describe(exc), 0)))
+        for opened in (target, store):
+            if opened is not None:
+                opened.close()
+        return
+    _answer(results, ("ready", None))
+    engine_alive = _liveness(setup.engine_pid)
+    error: tuple[str, str] | None = None
     told, committed, hasher = False, setup.committed, RecordHasher(setup.fields)
     try:
         while batch := _batch(plans):
@@ -180,7 +215,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
                 _answer(results, ("dropped", len(batch)) if told else ("error", (*error, len(batch))))
                 told = True
                 continue
-            if os.getppid() != setup.engine_pid:
+            if not engine_alive():
                 return  # the engine is gone: commit nothing more
             try:
                 result = apply_plans(setup.pipeline, store, target, hasher, batch, committed=committed)  # type: ignore[arg-type]
@@ -195,6 +230,27 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
         for opened in (target, store):
             if opened is not None:
                 opened.close()
+
+
+def _liveness(engine_pid: int) -> Callable[[], bool]:
+    """Whether the engine still runs. Normally the engine is this process's parent, and a
+    parent that dies leaves it to another; when a launcher stands between them (a wrapper
+    script that did not exec), the engine's pid is checked instead."""
+    if os.getppid() == engine_pid:
+        return lambda: os.getppid() == engine_pid
+    if engine_pid <= 0:  # not a process: never signal a group
+        return lambda: False
+
+    def alive() -> bool:
+        try:
+            os.kill(engine_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    return alive
 
 
 def _batch(plans: Connection) -> list[PagePlan]:
@@ -221,7 +277,7 @@ def _next(plans: Connection) -> Any:
         return None
     try:
         return plans.recv()
-    except EOFError:
+    except (EOFError, OSError):  # OSError: the engine died in the middle of a message
         return None
 
 

@@ -10,7 +10,10 @@ import logging
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any
@@ -44,8 +47,10 @@ def children() -> list[int]:
     """This process's child processes (the demo API runs in a thread: only writers are children)."""
     found: list[int] = []
     for task in Path("/proc/self/task").iterdir():
-        text = (task / "children").read_text().split()
-        found += [int(pid) for pid in text]
+        try:
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
     return found
 
 
@@ -147,18 +152,65 @@ def test_sigint_to_the_writer_is_ignored_the_engine_decides(tmp_path: Path, demo
     assert signalled and result.status == "success" and rows(tmp_path) == 2000
 
 
+@pytest.mark.parametrize("python", ["no-such-python", "/bin/false"], ids=["missing", "exits-at-once"])
 def test_a_writer_that_cannot_start_falls_back_to_inline_with_a_warning(
-    tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    python: str,
 ) -> None:
-    """No Python to start (an embedding host): the run applies inline and says why."""
+    """No Python to start, or one that ends before it is ready (an embedding host): the run
+    applies inline, says why, and lands everything."""
     api = demo_api(300)
     path = write_pipeline(tmp_path, api.base_url)
-    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr("sys.executable", python if python.startswith("/") else str(tmp_path / python))
     with caplog.at_level(logging.WARNING, logger="runner.engine"):
         result = run(path, **NO_WAIT)
-    assert result.status == "success" and rows(tmp_path) == 300
+    assert result.status == "success" and result.counts.created == 300 and rows(tmp_path) == 300
     (warning,) = [r for r in caplog.records if r.getMessage() == "writer.inline"]
-    assert "cannot start the writer process" in warning.fields["reason"]  # type: ignore[attr-defined]
+    assert "writer process" in warning.fields["reason"]  # type: ignore[attr-defined]
+
+
+def test_a_launcher_between_engine_and_writer_is_no_obstacle(
+    tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.executable is a wrapper script that runs Python without exec: the writer's parent is
+    the wrapper, so it watches the engine's pid instead, and the run goes through it."""
+    api = demo_api(1000)
+    path = write_pipeline(tmp_path, api.base_url)
+    wrapper = tmp_path / "python-wrapper"
+    wrapper.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr("sys.executable", str(wrapper))
+    seen: list[list[int]] = []
+    result = run(path, on_progress=lambda *_: seen.append(children()), **NO_WAIT)
+    assert result.status == "success" and rows(tmp_path) == 1000 and seen and all(seen)
+
+
+def test_ctrl_c_right_after_the_writer_starts_still_ends_interrupted(tmp_path: Path, demo_api: Any) -> None:
+    """Ctrl-C goes to the terminal's whole process group, even while the writer is still
+    starting; the writer is in a session of its own, so the run ends interrupted (130)."""
+    api = demo_api(20000, latency_ms=50)
+    path = write_pipeline(tmp_path, api.base_url)
+    code = (
+        "import sys, runner.cli, runner.writer\n"
+        "class Told(runner.writer.subprocess.Popen):\n"
+        "    def __init__(self, *a, **k):\n"
+        "        super().__init__(*a, **k)\n"
+        "        print('spawned', flush=True, file=sys.stderr)\n"
+        "runner.writer.subprocess.Popen = Told\n"
+        f"sys.argv = ['etl', 'run', {str(path)!r}]\n"
+        "runner.cli.entry()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert proc.stderr is not None and proc.stderr.readline().strip() == "spawned"
+    time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=30) == 130, err
+    assert "status=interrupted" in err and "writer process exited" not in err
+    assert "writer.inline" not in err, "the writer was hit by the Ctrl-C meant for the engine"
 
 
 # --- serve(), driven over a pipe in this process ----------------------------------------------
@@ -202,30 +254,49 @@ def test_plans_already_waiting_are_applied_as_one_batch(tmp_path: Path) -> None:
         setup(tmp_path, os.getppid()), plan(1, range(0, 10)), plan(2, range(10, 20)), plan(3, range(20, 30)), None
     )
     thread.join(10)
-    ((kind, result),) = answers
-    assert kind == "page" and isinstance(result, PageResult)
+    ready, (kind, result) = answers
+    assert ready == ("ready", None) and kind == "page" and isinstance(result, PageResult)
     assert (result.pages, result.number, result.counts.created, result.checkpoint) == (3, 3, 30, '{"page": 4}')
     assert rows(tmp_path) == 30 and saved(tmp_path) == (30, '{"page": 4}')
 
 
 def test_the_writer_commits_nothing_once_its_engine_is_gone(tmp_path: Path) -> None:
-    """A writer whose parent is no longer the engine that started it exits without applying."""
-    answers, thread = serve_in_thread(setup(tmp_path, engine_pid=-1), plan(1, range(10)), None)
+    """A writer whose engine has ended (here: a pid that no longer runs, as when a launcher
+    stood between them) says it is ready, then exits without applying anything."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    answers, thread = serve_in_thread(setup(tmp_path, engine_pid=gone.pid), plan(1, range(10)), None)
     thread.join(10)
-    assert answers == [] and saved(tmp_path) == (0, None)
+    assert answers == [("ready", None)] and saved(tmp_path) == (0, None)
+
+
+def test_a_writer_that_cannot_open_the_target_says_so_instead_of_ready(tmp_path: Path) -> None:
+    """The target path is a directory: the first answer is the TargetError, and the writer ends."""
+    (tmp_path / "out.db").mkdir()
+    answers, thread = serve_in_thread(setup(tmp_path, os.getppid()), plan(1, range(10)), None)
+    thread.join(10)
+    ((kind, (name, message, plans)),) = answers
+    assert (kind, name, plans) == ("error", "TargetError", 0) and "out.db" in message
 
 
 def test_after_an_error_the_writer_answers_the_rest_dropped(tmp_path: Path) -> None:
-    """A target that cannot open: the first plans get the error, each later plan "dropped", none applied."""
-    (tmp_path / "out.db").mkdir()  # a directory where the target file should be
+    """A target that refuses inserts: the first plan gets the error, each later plan "dropped",
+    none applied, and the state store has no key and no checkpoint."""
+    db = sqlite3.connect(tmp_path / "out.db")
+    db.executescript(
+        "CREATE TABLE items (external_id TEXT PRIMARY KEY, name, tags);"
+        "CREATE TRIGGER refuse BEFORE INSERT ON items BEGIN SELECT RAISE(ABORT, 'refused'); END;"
+    )
+    db.close()
     plans_r, plans_w = Pipe(duplex=False)
     results_r, results_w = Pipe(duplex=False)
     thread = threading.Thread(target=serve, args=(plans_r, results_w))
     thread.start()
     plans_w.send(setup(tmp_path, os.getppid()))
+    assert results_r.recv() == ("ready", None)
     plans_w.send(plan(1, range(10)))
     kind, (name, message, plans) = results_r.recv()
-    assert (kind, name, plans) == ("error", "TargetError", 1) and "out.db" in message
+    assert (kind, name, plans) == ("error", "TargetError", 1) and "refused" in message
     plans_w.send(plan(2, range(10, 20)))
     assert results_r.recv() == ("dropped", 1)
     plans_w.send(None)
