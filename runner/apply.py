@@ -73,10 +73,10 @@ def apply_plans(
     hashed = [{key: hasher(record) for key, record in plan.mapped} for plan in plans]
     keys = list(hashed[0]) if len(hashed) == 1 else list({key: None for page in hashed for key in page})
     known = store.key_states(pipeline, keys)
-    decided: list[tuple[Counts, Write]] = []
+    decided: list[tuple[int, Counts, Write]] = []
     final: dict[str, Write] = {}
     batched = len(plans) > 1
-    for plan, hashes in zip(plans, hashed):
+    for index, (plan, hashes) in enumerate(zip(plans, hashed)):
         for key, record in plan.mapped:
             state = known.get(key)
             if state is None:
@@ -86,7 +86,7 @@ def apply_plans(
                 continue
             else:
                 write = Write("update", key, record, state.target_id)
-            decided.append((plan.counts, write))
+            decided.append((index, plan.counts, write))
             if batched:  # a later page of the batch sees this one as committed
                 earlier = final.get(key)
                 if earlier is not None and earlier.op != write.op:
@@ -96,7 +96,7 @@ def apply_plans(
     writes = list(final.values())
     hashed_last = hashed[0] if not batched else {key: state.hash for key, state in known.items()}
     result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
-    failed = [failure for plan in plans for failure in plan.failed]
+    failed = _failures(plans, decided, result)
     rows, succeeded = [], []
     for write in writes:
         key = write.external_id
@@ -106,7 +106,7 @@ def apply_plans(
             continue
         rows.append((key, hashed_last[key], result.target_ids.get(key)))
         succeeded.append(key)
-    for counts, write in decided:
+    for _, counts, write in decided:
         if write.external_id not in result.errors:
             if write.op == "create":
                 counts.created += 1
@@ -117,8 +117,24 @@ def apply_plans(
     total = Counts()
     for plan in plans:
         add_counts(total, plan.counts)
-    total.failed += len(failed)
+    # every failure counts, also one a later page of the batch cleared (as one by one)
+    total.failed += sum(len(plan.failed) for plan in plans) + len(result.errors)
     return PageResult(last.number, sum(p.records for p in plans), len(writes), last.checkpoint, total, len(plans))
+
+
+def _failures(plans: Sequence[PagePlan], decided: list[tuple[int, Counts, Write]], result: WriteResult) -> list[FailedRecord]:
+    """The pages' failed records, less those a later page of the batch wrote: one by one,
+    that later page would have cleared them."""
+    written_on: dict[str, int] = {}
+    for index, _, write in decided:
+        if write.external_id not in result.errors:
+            written_on[write.external_id] = index
+    return [
+        failure
+        for index, plan in enumerate(plans)
+        for failure in plan.failed
+        if failure.external_id is None or written_on.get(failure.external_id, -1) < index
+    ]
 
 
 def add_counts(total: Counts, page: Counts) -> None:

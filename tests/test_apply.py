@@ -3,6 +3,7 @@ one page at a time or several as one batch (what the writer process does when it
 
 from __future__ import annotations
 
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any, Sequence
@@ -115,3 +116,59 @@ def test_a_page_of_unchanged_records_writes_nothing_and_still_moves_the_checkpoi
     result = apply_plans("p", store, target, HASHER, [plan(2, ("x", "X"))], committed=None)
     assert (result.counts.skipped, result.writes, len(target.pages)) == (1, 0, 1)
     assert store.checkpoint("p") == '{"page": 3}'
+
+
+def test_a_failure_cleared_by_a_later_page_of_the_batch_is_not_kept(store: Any) -> None:
+    """Key k fails to map on page 1 and maps on page 2: one by one, page 2 clears the failure;
+    as one batch it must not be kept either. A failure after a write stays, as one by one."""
+    def failing(number: int, key: str) -> PagePlan:
+        page = plan(number)
+        page.failed.append(FailedRecord(key, {"id": key}, "bad date"))
+        page.counts.processed += 1
+        return page
+
+    pages = [failing(1, "k"), plan(2, ("k", "K")), plan(3, ("j", "J")), failing(4, "j")]
+    result = apply_plans("p", store, Recording(), HASHER, pages, committed=None)
+    shown = store.show("p")
+    assert [f["external_id"] for f in shown["failed"]] == ["j"] and shown["failed_total"] == 1
+    assert (result.counts.created, result.counts.failed) == (2, 2)  # both failures happened
+
+
+def test_random_batches_leave_what_the_same_pages_one_by_one_leave(tmp_path: Path) -> None:
+    """200 seeded random page sequences over three keys (records written, changed, unchanged,
+    failing): counts, target rows, hashes, checkpoint and failed records agree."""
+    rng = random.Random(1)
+
+    def outcome(pages: list[PagePlan], batched: bool, folder: Path) -> tuple[Any, ...]:
+        store = SqliteStateStore(folder / "state.db")
+        target = SqliteTargetWriter(SqliteTarget(folder / "out.db", "items"), fields=FIELDS)
+        total = Counts()
+        for group in ([pages] if batched else [[p] for p in pages]):
+            counts = apply_plans("p", store, target, HASHER, group, committed=None).counts
+            for name in ("processed", "created", "updated", "skipped", "failed"):
+                setattr(total, name, getattr(total, name) + getattr(counts, name))
+        rows = sqlite3.connect(folder / "out.db").execute("SELECT * FROM items ORDER BY 1").fetchall()
+        hashes = {k: s.hash for k, s in store.key_states("p", list("ABC")).items()}
+        shown = store.show("p")
+        failed = sorted(f["external_id"] for f in shown["failed"])
+        store.close()
+        target.close()
+        return total, rows, hashes, shown["checkpoint"], failed
+
+    for case in range(200):
+        spec = []
+        for _ in range(rng.randint(2, 4)):
+            keys = rng.sample("ABC", rng.randint(0, 3))
+            spec.append([(k, rng.choice("xy"), rng.random() < 0.3) for k in keys])
+
+        def pages() -> list[PagePlan]:
+            made = []
+            for number, records in enumerate(spec, start=1):
+                page = plan(number, *[(k, v) for k, v, bad in records if not bad])
+                page.failed.extend(FailedRecord(k, {"id": k}, "bad") for k, _, bad in records if bad)
+                page.counts.processed += sum(bad for _, _, bad in records)
+                made.append(page)
+            return made
+
+        one, batch = (outcome(pages(), b, tmp_path / f"{case}-{b}") for b in (False, True))
+        assert one == batch, spec
