@@ -118,6 +118,10 @@ def to_string(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+# a longer plain path runs on its compiled closure: Python's parser allows ~200 nested parentheses
+MAX_INLINE_STEPS = 32
+
+
 def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> str | None:
     """Python source of a plain path (`a.b.c`, `to_string(a.b)`) over the object `var`.
 
@@ -130,6 +134,8 @@ def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> s
         return f"{var}.get({node['value']!r})"
     if kind == "subexpression":  # a.b.c parses as one node with the children a, b, c
         first, *rest = node["children"]
+        if len(rest) > MAX_INLINE_STEPS:  # each step nests: the compiler has a depth limit
+            return None
         source = inline_source(first, var, temps)
         if source is None or any(step["type"] != "field" for step in rest):
             return None

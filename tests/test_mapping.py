@@ -166,3 +166,16 @@ def test_every_example_pipeline_mapping_compiles_and_maps(path: Path) -> None:
     mapper = Mapper(pipeline.mapping)
     out = mapper.map({"id": 1, "key": "K-1", "fields": {"status": {}}, "user": None})
     assert out is None or isinstance(out, (Mapped, Failed))
+
+
+def test_a_very_long_plain_path_maps_too() -> None:
+    """A 150-step path is too deep to inline as Python; it runs on its evaluator instead."""
+    steps = [f"k{i}" for i in range(150)]
+    raw: dict[str, Any] = {"id": 1}
+    node = raw
+    for step in steps[:-1]:
+        node[step] = {}
+        node = node[step]
+    node[steps[-1]] = "deep"
+    out = map_record(spec(leaf=".".join(steps), short="k0.k1.k2"), raw)
+    assert isinstance(out, Mapped) and out.record == {"leaf": "deep", "short": raw["k0"]["k1"]["k2"]}
