@@ -134,6 +134,8 @@ def _observe(run: RunState, raw: Any, *, failed: bool) -> None:
 class Channel(Protocol):
     """Where plans go when they are not applied inline: the writer process (`runner.writer`)."""
 
+    ready: bool  # False until the writer said so: its plans are kept until then
+
     def send(self, plan: PagePlan) -> None: ...
     def receive(self) -> PageResult | int: ...  # a result, or how many plans were dropped
     def close(self) -> None: ...
@@ -152,27 +154,28 @@ class Committer:
     ) -> None:
         self._run, self._channel, self._depth, self._on_commit = run, channel, depth, on_commit
         self._in_flight = 0
+        self._unconfirmed: list[PagePlan] = []  # sent before the writer said it is ready
 
     def submit(self, page: Page) -> None:
         """Plan the page here; apply it here, or hand it to the writer."""
-        run, plan = self._run, plan_page(self._run, page)
-        if self._channel is None:
-            self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
-            return
-        while self._in_flight >= self._depth:
+        plan = plan_page(self._run, page)
+        while self._channel is not None and self._in_flight >= self._depth:
             self._receive()
-        try:
-            self._channel.send(plan)
-        except WriterUnavailable as exc:  # before any plan went: apply inline from here on
-            log.event(logger, "writer.inline", level=logging.WARNING, reason=str(exc))
-            self._channel = None
-            self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
+        if self._channel is None:  # inline, or the writer was unavailable
+            self._apply_here(plan)
             return
         self._in_flight += 1
+        if not self._channel.ready:
+            self._unconfirmed.append(plan)
+        try:
+            self._channel.send(plan)
+        except WriterUnavailable as exc:
+            self._fall_back(exc)
 
     def close(self) -> None:
         """Wait until every plan handed over is committed (or dropped); raise the writer's error."""
-        if self._channel is None:
+        channel = self._channel
+        if channel is None:
             return
         error: EtlError | None = None
         try:
@@ -182,7 +185,7 @@ class Committer:
                 except EtlError as exc:
                     error = error or exc
         finally:
-            self._channel.close()
+            channel.close()
         if error is not None:
             raise error
 
@@ -191,14 +194,31 @@ class Committer:
         assert self._channel is not None
         try:
             result = self._channel.receive()
+        except WriterUnavailable as exc:
+            self._fall_back(exc)
+            return
         except EtlError as exc:
             self._in_flight -= getattr(exc, "plans", 1)
             raise
+        if self._channel.ready:
+            self._unconfirmed.clear()
         if isinstance(result, int):
             self._in_flight -= result
         else:
             self._in_flight -= result.pages
             self._committed(result)
+
+    def _fall_back(self, why: WriterUnavailable) -> None:
+        """The writer ended before it was ready, so it applied nothing: apply here what it was sent."""
+        log.event(logger, "writer.inline", level=logging.WARNING, reason=str(why))
+        self._channel, self._in_flight = None, 0
+        plans, self._unconfirmed = self._unconfirmed, []
+        for plan in plans:
+            self._apply_here(plan)
+
+    def _apply_here(self, plan: PagePlan) -> None:
+        run = self._run
+        self._committed(apply_plans(run.pipeline.name, run.store, run.target, run.hasher, [plan], committed=run.checkpoint))
 
     def _committed(self, result: PageResult) -> None:
         run = self._run

@@ -74,9 +74,9 @@ class WriterProcess:
 
     The child starts in a session of its own, so a Ctrl-C (or a SIGTERM to the engine's
     process group) reaches only the engine, even before the child could ignore it. Its first
-    answer says it is ready (target and store open); the engine reads it before the first
-    plan, and a writer that ended before that (an embedding host whose sys.executable is no
-    Python, say) raises WriterUnavailable with no plan lost.
+    answer says it is ready (target and store open). A writer that ends before that (an
+    embedding host whose sys.executable is no Python, say) raises WriterUnavailable; the
+    engine keeps the plans it sent until then, and applies them itself.
     """
 
     def __init__(self, setup: Setup) -> None:
@@ -104,32 +104,28 @@ class WriterProcess:
         except OSError:  # it is gone already: said when the first plan would go
             pass
 
+    @property
+    def ready(self) -> bool:
+        """Whether the writer said it is ready; until then its plans may have to be applied
+        by the engine (see WriterUnavailable)."""
+        return self._ready
+
     def send(self, plan: PagePlan) -> None:
-        if not self._ready:
-            self._wait_ready()
         try:
             self._plans.send(plan)
         except OSError as exc:  # BrokenPipeError: the writer is gone
-            raise self._died() from exc
-
-    def _wait_ready(self) -> None:
-        try:
-            kind, value = self._results.recv()
-        except (EOFError, OSError) as exc:
-            code = self._process.wait()
-            self.close()
-            raise WriterUnavailable(f"the writer process ended before it was ready (exit code {code})") from exc
-        if kind == "error":  # the writer could not open the target or the store
-            raise _rebuild(*value[:2])
-        self._ready = True
+            raise self._gone() from exc
 
     def receive(self) -> PageResult | int:
         """The next batch's result, or how many plans were dropped after an error; raise the
         error (with `.plans`, how many plans it answers)."""
         try:
             kind, value = self._results.recv()
+            if kind == "ready":
+                self._ready = True
+                kind, value = self._results.recv()
         except (EOFError, OSError) as exc:
-            raise self._died() from exc
+            raise self._gone() from exc
         if kind == "error":
             name, message, plans = value
             error = _rebuild(name, message)
@@ -149,8 +145,12 @@ class WriterProcess:
         self._results.close()
         self._process.wait()
 
-    def _died(self) -> EtlError:
+    def _gone(self) -> Exception:
+        """The error for a writer that ended: WriterUnavailable before it was ready."""
         code = self._process.wait()
+        if not self._ready:
+            self.close()
+            return WriterUnavailable(f"the writer process ended before it was ready (exit code {code})")
         return EtlError(
             f"the writer process exited unexpectedly (exit code {code}); its own error, if any, "
             "is on stderr above; the pages it had not committed are read again by the next run "

@@ -152,19 +152,25 @@ def test_sigint_to_the_writer_is_ignored_the_engine_decides(tmp_path: Path, demo
     assert signalled and result.status == "success" and rows(tmp_path) == 2000
 
 
-@pytest.mark.parametrize("python", ["no-such-python", "/bin/false"], ids=["missing", "exits-at-once"])
+@pytest.mark.parametrize("python", ["no-such-python", "/bin/false", "slow-to-fail"])
 def test_a_writer_that_cannot_start_falls_back_to_inline_with_a_warning(
     tmp_path: Path, demo_api: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     python: str,
 ) -> None:
-    """No Python to start, or one that ends before it is ready (an embedding host): the run
-    applies inline, says why, and lands everything."""
-    api = demo_api(300)
+    """No Python to start, one that ends at once, or one that ends a while after the first
+    plans were sent to it (an embedding host): the run applies inline what the writer was
+    sent and the rest, says why, and lands everything once."""
+    api = demo_api(1000)
     path = write_pipeline(tmp_path, api.base_url)
-    monkeypatch.setattr("sys.executable", python if python.startswith("/") else str(tmp_path / python))
+    executable = tmp_path / python
+    if python == "slow-to-fail":
+        executable.write_text("#!/bin/sh\nsleep 0.3\nexit 1\n")
+        executable.chmod(0o755)
+    monkeypatch.setattr("sys.executable", python if python.startswith("/") else str(executable))
     with caplog.at_level(logging.WARNING, logger="runner.engine"):
         result = run(path, **NO_WAIT)
-    assert result.status == "success" and result.counts.created == 300 and rows(tmp_path) == 300
+    assert result.status == "success" and result.counts.created == 1000 and rows(tmp_path) == 1000
+    assert saved(tmp_path) == (1000, None)
     (warning,) = [r for r in caplog.records if r.getMessage() == "writer.inline"]
     assert "writer process" in warning.fields["reason"]  # type: ignore[attr-defined]
 
