@@ -171,6 +171,7 @@ def _rebuild(name: str, message: str) -> EtlError:
 
 def main() -> None:
     """The child's entry point: serve one run's plans from stdin, results to stdout."""
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     plans = Connection(os.dup(0), writable=False)
@@ -179,6 +180,23 @@ def main() -> None:
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # a stray print goes to stderr, never into the results pipe
     serve(plans, results)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process the moment its parent dies. A writer
+    whose engine was killed must not finish a batch it is in the middle of: the next run
+    may already own the pipeline. (Elsewhere the writer stops at its next batch.)"""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no prctl in this libc: the batch check remains
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def serve(plans: Connection, results: Connection) -> None:

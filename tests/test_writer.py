@@ -54,6 +54,14 @@ def children() -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie awaiting its reaper)."""
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
 def rows(tmp_path: Path) -> int:
     db = sqlite3.connect(tmp_path / "out.db")
     try:
@@ -337,3 +345,41 @@ def test_plans_sent_are_applied_even_when_the_engine_stops_listening(tmp_path: P
         plans_w.send(message)
     serve(plans_r, results_w)
     assert rows(tmp_path) == 20 and saved(tmp_path) == (20, '{"page": 3}')
+
+
+def test_a_writer_dies_with_its_killed_engine_even_mid_commit(tmp_path: Path, demo_api: Any) -> None:
+    """The engine is SIGKILLed while its writer waits on a locked target: the kernel kills the
+    writer too, so it cannot commit after the engine is gone (the next run may own the pipeline)."""
+    api = demo_api(5000, latency_ms=5)
+    path = write_pipeline(tmp_path, api.base_url)
+    log_path = tmp_path / "run.log"
+    with open(log_path, "wb") as log_file:
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "runner", "run", str(path)], cwd=tmp_path,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "state.db").exists() or saved(tmp_path)[0] < 300:
+            assert time.monotonic() < deadline and engine.poll() is None, log_path.read_text()
+            time.sleep(0.01)
+        (writer,) = [int(pid) for task in Path(f"/proc/{engine.pid}/task").iterdir()
+                     for pid in (task / "children").read_text().split()]
+        blocker = sqlite3.connect(tmp_path / "out.db", isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")  # the writer's next target commit waits on this
+        time.sleep(0.2)
+        before = saved(tmp_path)
+        engine.kill()
+        engine.wait(timeout=10)
+        gone = time.monotonic() + 2
+        while running(writer):
+            assert time.monotonic() < gone, "the writer outlived its engine"
+            time.sleep(0.01)
+        blocker.execute("COMMIT")
+        blocker.close()
+        time.sleep(0.3)
+        assert saved(tmp_path) == before  # nothing committed after the engine died
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.wait()
