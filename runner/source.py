@@ -209,7 +209,7 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
             f"HTTP {response.status_code}", method=method, path=_path(response),
             status=response.status_code, detail=_excerpt(response.text),
         )
-    if not response.content.strip():
+    if not response.content or response.content.isspace():  # no stripped copy of the body
         return None
     try:
         return response.json()
