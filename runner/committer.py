@@ -134,7 +134,9 @@ def _observe(run: RunState, raw: Any, *, failed: bool) -> None:
 class Channel(Protocol):
     """Where plans go when they are not applied inline: the writer process (`runner.writer`)."""
 
-    ready: bool  # False until the writer said so: its plans are kept until then
+    @property
+    def ready(self) -> bool: ...  # False until the writer said so: its plans are kept until then
+
 
     def send(self, plan: PagePlan) -> None: ...
     def receive(self) -> PageResult | int: ...  # a result, or how many plans were dropped

@@ -236,7 +236,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
             if not engine_alive():
                 return  # the engine is gone: commit nothing more
             try:
-                result = apply_plans(setup.pipeline, store, target, hasher, batch, committed=committed)  # type: ignore[arg-type]
+                result = apply_plans(setup.pipeline, store, target, hasher, batch, committed=committed)
             except BaseException as exc:  # noqa: BLE001 - told to the engine
                 error = _describe(exc)
                 _answer(results, ("error", (*error, len(batch))))
