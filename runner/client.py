@@ -35,11 +35,8 @@ Retry policy (stamina-style: narrow, named, bounded):
 
 from __future__ import annotations
 
-import datetime as dt
-import email.utils
 import logging
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -51,6 +48,9 @@ import httpx
 from runner import log
 from runner.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError, ResponseError
+from runner.httperrors import (
+    STATUS_HINTS, TLS_HINT, describe, excerpt, fetch_error, is_tls_failure, retry_after, safe_path,
+)
 from runner.model import Auth, RateLimit, Retry, Timeout
 from runner.ratelimit import RateLimiter
 from runner.transport import LazyTlsTransport
@@ -65,17 +65,6 @@ RETRYABLE_ERRORS = (
 )
 # the request never left: safe to repeat even when it is not idempotent
 UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-STATUS_HINTS = {
-    401: "check the credentials (auth) of this pipeline",
-    403: "the credentials lack permission for this resource",
-    404: "check the URL",
-}
-TLS_HINT = (
-    "the TLS/SSL handshake failed (not retried); check that the URL's scheme matches the server"
-    " (https to a plain-HTTP port fails so) and that its certificate is valid"
-)
-EXCERPT_BYTES = 4096
-DETAIL_CHARS = 200
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 
 
@@ -230,7 +219,7 @@ class HttpClient:
             return outcome.failure
         safe = _is_idempotent(request) if idempotent is None else idempotent
         if not self._retryable(outcome, safe):
-            return self._final_error(request, outcome, safe)
+            return self._finalfetch_error(request, outcome, safe)
         if attempt >= budget:
             return self._give_up(request, outcome, attempt, "")
         wait = outcome.retry_after if outcome.retry_after is not None else self._backoff(attempt)
@@ -249,7 +238,7 @@ class HttpClient:
     def _retryable(self, outcome: _Outcome, idempotent: bool) -> bool:
         if outcome.error is not None:
             allowed = RETRYABLE_ERRORS if idempotent else UNSENT_ERRORS
-            return isinstance(outcome.error, allowed) and not _is_tls_failure(outcome.error)
+            return isinstance(outcome.error, allowed) and not is_tls_failure(outcome.error)
         status = outcome.status or 0
         if not idempotent:
             return status == 429
@@ -274,7 +263,7 @@ class HttpClient:
             )
         except httpx.InvalidURL as exc:
             message = f"invalid URL: {log.redact(str(exc))}"
-            raise FetchError(message, method=spec.method, path=_safe_path(spec.url)) from exc
+            raise FetchError(message, method=spec.method, path=safe_path(spec.url)) from exc
 
     def _attempt(self, request: httpx.Request) -> _Outcome:
         if self._limiter is not None:
@@ -288,7 +277,7 @@ class HttpClient:
             outcome = _Outcome(error=exc)
         except httpx.HTTPError as exc:  # too many redirects, undecodable body: no retry fixes them
             message = f"request failed: {type(exc).__name__}: {log.redact(str(exc))}"
-            raise _error(request, message) from exc
+            raise fetch_error(request, message) from exc
         outcome.elapsed = self._clock() - started
         return outcome
 
@@ -298,11 +287,11 @@ class HttpClient:
             self._log_headers("http.response.headers", request, response.headers)
             status = response.status_code
             if status >= 400:
-                retry_after = _retry_after(response, self._wall_clock)
-                return _Outcome(status=status, detail=_excerpt(response), retry_after=retry_after)
+                wait = retry_after(response, self._wall_clock)
+                return _Outcome(status=status, detail=excerpt(response), retry_after=wait)
             if not self._read_capped(response):
                 message = f"response body over {self.max_response_bytes} bytes"
-                failure = _error(request, message, status=status, cls=ResponseError)
+                failure = fetch_error(request, message, status=status, cls=ResponseError)
                 return _Outcome(status=status, failure=failure)
             return _Outcome(status=status, response=response)
         finally:
@@ -322,12 +311,12 @@ class HttpClient:
 
     # --- errors, logs, counters ---------------------------------------------------
 
-    def _final_error(
+    def _finalfetch_error(
         self, request: httpx.Request, outcome: _Outcome, idempotent: bool
     ) -> FetchError:
         if outcome.error is not None:
-            message = f"request failed: {_describe(outcome.error)}"
-            if _is_tls_failure(outcome.error):
+            message = f"request failed: {describe(outcome.error)}"
+            if is_tls_failure(outcome.error):
                 message += f"; {TLS_HINT}"
         else:
             status = outcome.status or 0
@@ -339,15 +328,15 @@ class HttpClient:
                 f" (not retried: a {request.method} without an Idempotency-Key header is retried"
                 " only when it surely did not reach the server)"
             )
-        return _error(request, message, status=outcome.status, detail=outcome.detail)
+        return fetch_error(request, message, status=outcome.status, detail=outcome.detail)
 
     def _give_up(
         self, request: httpx.Request, outcome: _Outcome, attempt: int, why: str
     ) -> FetchError:
-        last = f"error {_describe(outcome.error)}" if outcome.error else f"status {outcome.status}"
+        last = f"error {describe(outcome.error)}" if outcome.error else f"status {outcome.status}"
         plural = "attempt" if attempt == 1 else "attempts"
         message = f"gave up after {attempt} {plural}: last {last}{why}"
-        return _error(request, message, status=outcome.status, detail=outcome.detail)
+        return fetch_error(request, message, status=outcome.status, detail=outcome.detail)
 
     def _log_attempt(
         self, request: httpx.Request, outcome: _Outcome, attempt: int, retry_in: float | None = None
@@ -403,69 +392,6 @@ def _limiter(
 
 def _is_idempotent(request: httpx.Request) -> bool:
     return request.method in IDEMPOTENT_METHODS or "Idempotency-Key" in request.headers
-
-
-def _retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
-    """Seconds asked by a Retry-After header (delta-seconds or HTTP date), if any."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, when.timestamp() - wall_clock())
-
-
-def _excerpt(response: httpx.Response) -> str:
-    """A short, redacted, one-line excerpt of an error body (read no further than needed)."""
-    data = b""
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) >= EXCERPT_BYTES:
-            break
-    text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", errors="replace").split())
-    return log.redact(text)[:DETAIL_CHARS]
-
-
-def _is_tls_failure(error: BaseException) -> bool:
-    """A TLS handshake that failed (wrong protocol, bad certificate): a new attempt fails the same way."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _describe(error: BaseException) -> str:
-    text = log.redact(str(error))
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _error(
-    request: httpx.Request,
-    message: str,
-    *,
-    status: int | None = None,
-    detail: str = "",
-    cls: type[FetchError] = FetchError,
-) -> FetchError:
-    path = log.redact_url(request.url)
-    return cls(log.redact(message), method=request.method, path=path, status=status, detail=detail)
-
-
-def _safe_path(url: str) -> str:
-    try:
-        return log.redact_url(url)
-    except ValueError:
-        return "<invalid URL>"
 
 
 def _may_refresh(

@@ -1,0 +1,93 @@
+"""How a failed HTTP exchange is told: Retry-After, error-body excerpts, TLS failures, FetchError.
+
+The client (`runner.client`) decides what to do about a failure; this module
+only reads what the response says and words the error, every part of it
+redacted (a secret in a URL query, a body or an exception's text becomes `***`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import ssl
+from collections.abc import Callable
+
+import httpx
+
+from runner import log
+from runner.errors import FetchError
+
+STATUS_HINTS = {
+    401: "check the credentials (auth) of this pipeline",
+    403: "the credentials lack permission for this resource",
+    404: "check the URL",
+}
+TLS_HINT = (
+    "the TLS/SSL handshake failed (not retried); check that the URL's scheme matches the server"
+    " (https to a plain-HTTP port fails so) and that its certificate is valid"
+)
+EXCERPT_BYTES = 4096
+DETAIL_CHARS = 200
+
+
+def retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
+    """Seconds asked by a Retry-After header (delta-seconds or HTTP date), if any."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, when.timestamp() - wall_clock())
+
+
+def excerpt(response: httpx.Response) -> str:
+    """A short, redacted, one-line excerpt of an error body (read no further than needed)."""
+    data = b""
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) >= EXCERPT_BYTES:
+            break
+    text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", errors="replace").split())
+    return log.redact(text)[:DETAIL_CHARS]
+
+
+def is_tls_failure(error: BaseException) -> bool:
+    """A TLS handshake that failed (wrong protocol, bad certificate): a new attempt fails the same way."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def describe(error: BaseException) -> str:
+    text = log.redact(str(error))
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def fetch_error(
+    request: httpx.Request,
+    message: str,
+    *,
+    status: int | None = None,
+    detail: str = "",
+    cls: type[FetchError] = FetchError,
+) -> FetchError:
+    path = log.redact_url(request.url)
+    return cls(log.redact(message), method=request.method, path=path, status=status, detail=detail)
+
+
+def safe_path(url: str) -> str:
+    try:
+        return log.redact_url(url)
+    except ValueError:
+        return "<invalid URL>"
