@@ -33,7 +33,6 @@ class Counts:
     failed: int = 0
 
 
-
 @dataclass(slots=True)
 class PagePlan:
     """A page mapped: what `apply_plans` needs, and nothing of the raw page but failures."""
@@ -122,7 +121,9 @@ def apply_plans(
     return PageResult(last.number, sum(p.records for p in plans), len(writes), last.checkpoint, total, len(plans))
 
 
-def _failures(plans: Sequence[PagePlan], decided: list[tuple[int, Counts, Write]], result: WriteResult) -> list[FailedRecord]:
+def _failures(
+    plans: Sequence[PagePlan], decided: list[tuple[int, Counts, Write]], result: WriteResult
+) -> list[FailedRecord]:
     """The pages' failed records, less those a later page of the batch wrote: one by one,
     that later page would have cleared them."""
     written_on: dict[str, int] = {}
