@@ -18,10 +18,13 @@ The writer applies the plans that are waiting when it is ready as one batch
 (one target commit, one state transaction, the last page's checkpoint), so
 when it falls behind it catches up with fewer commits; each answer says how
 many plans it covers. After an error the writer commits nothing more: the
-plans still in flight are answered "dropped". The writer ignores SIGINT and SIGTERM (they are the
-engine's to handle: it stops planning and waits for the pages in flight),
-and it commits nothing once the engine is gone: a page it has not applied is
-read again by the next run.
+plans still in flight are answered "dropped".
+
+Signals and lifetime: the writer runs in a session of its own and ignores
+SIGINT and SIGTERM (they are the engine's to handle: it stops planning and
+waits for the pages in flight). It commits nothing once the engine is gone;
+on Linux the kernel kills it with the engine, even in the middle of a commit,
+which then rolls back. A page it has not applied is read again by the next run.
 """
 
 from __future__ import annotations
