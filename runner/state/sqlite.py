@@ -68,9 +68,7 @@ class SqliteStateStore(RunLock):
         if self.read_only:
             return self._connect_read_only()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # the engine's writer thread commits through its own store instance, opened on the
-        # engine's thread: one thread at a time uses a connection, never two at once
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         return db
