@@ -442,7 +442,7 @@ def _compile_bytecode() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default: all")
-    parser.add_argument("--quick", action="store_true", help="record counts / 10, for a fast check")
+    parser.add_argument("--quick", action="store_true", help="record counts / 10: a check that all runs, not the figures (start-up dominates)")
     parser.add_argument("--records", type=_positive, help="override every chosen scenario's record count")
     parser.add_argument("--per-page", type=_positive, help="override the page size (per_page / limit); default 100")
     parser.add_argument("--latency-ms", type=float, help="override the API's per-request latency")
