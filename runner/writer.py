@@ -47,6 +47,7 @@ from runner.apply import PagePlan, PageResult, apply_plans
 from runner.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.model import PostgresTarget, SqliteTarget, StateConfig
+from runner.state.base import pid_alive
 
 # plans applied as one batch at most: the pages that wait for the writer when it is behind
 MAX_BATCH = 8
@@ -259,19 +260,9 @@ def _liveness(engine_pid: int) -> Callable[[], bool]:
     script that did not exec), the engine's pid is checked instead."""
     if os.getppid() == engine_pid:
         return lambda: os.getppid() == engine_pid
-    if engine_pid <= 0:  # not a process: never signal a group
+    if engine_pid <= 0:  # not a process: os.kill would address a whole group
         return lambda: False
-
-    def alive() -> bool:
-        try:
-            os.kill(engine_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    return alive
+    return lambda: pid_alive(engine_pid)
 
 
 def _batch(plans: Connection) -> list[PagePlan]:

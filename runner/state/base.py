@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Iterator, Protocol, Sequence
@@ -87,3 +88,14 @@ def log_takeover(pipeline: str, run_id: str, pid: int, host: str) -> None:
         logging.getLogger("runner.state"), "lock.taken_over", level=logging.WARNING,
         stale_run_id=run_id, stale_pid=pid, host=host, locked_pipeline=pipeline,
     )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host (one we may not signal runs too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from runner.errors import LockError, StateError
 from runner.sqlitebatch import insert_rows
-from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover
+from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover, pid_alive
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -301,13 +301,3 @@ def check_holder(pipeline: str, run_id: str, pid: int, host: str, since: str, my
         f"since {since}); wait for it to finish, or if that process is gone for good, "
         f"run `etl state unlock {pipeline}`"
     )
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
