@@ -73,7 +73,7 @@ class RunState:
 
     def __post_init__(self) -> None:
         self.mapper = Mapper(self.pipeline.mapping)
-        self.hasher = RecordHasher([name for name, _ in self.pipeline.mapping.fields])
+        self.hasher = RecordHasher(self.pipeline.mapping.names)
 
 
 # --- planning (the engine's thread) -----------------------------------------------

@@ -201,7 +201,7 @@ def _start_writer(pipeline: Pipeline, run_id: str, committed: str | None) -> Wri
     if os.environ.get("ETL_WRITER", "process") == "inline":
         return None
     setup = Setup(
-        pipeline.name, pipeline.target, pipeline.state, [name for name, _ in pipeline.mapping.fields],
+        pipeline.name, pipeline.target, pipeline.state, pipeline.mapping.names,
         committed, os.getpid(), run_id, pipeline.secrets, log.settings(),
     )
     try:
@@ -228,8 +228,7 @@ def _interruptible(sleep: Callable[[float], None], stop: StopFlag) -> Callable[[
 
 
 def _open_target(pipeline: Pipeline, transport: httpx.BaseTransport | None, sleep: Callable[[float], None]) -> Target:
-    fields = [name for name, _ in pipeline.mapping.fields]
-    return open_target(pipeline.target, fields=fields, pipeline=pipeline.name, transport=transport, sleep=sleep)
+    return open_target(pipeline.target, fields=pipeline.mapping.names, pipeline=pipeline.name, transport=transport, sleep=sleep)
 
 
 def _load_checkpoint(store: StateStore, name: str) -> Checkpoint | None:

@@ -220,6 +220,11 @@ class MappingSpec:
     fields: tuple[tuple[str, Expr], ...]
     filter: Expr | None = None
 
+    @property
+    def names(self) -> list[str]:
+        """The output field names, in the file's order (the target's columns, the hash's fields)."""
+        return [name for name, _ in self.fields]
+
 
 # --- targets -------------------------------------------------------------------
 
