@@ -70,10 +70,10 @@ def apply_plans(
     these pages: where pages that fail part-way leave the target ids they made.
     """
     hashed = [{key: hasher(record) for key, record in plan.mapped} for plan in plans]
-    keys = list(hashed[0]) if len(hashed) == 1 else list({key: None for page in hashed for key in page})
-    known = store.key_states(pipeline, keys)
+    known = store.key_states(pipeline, list({key: None for page in hashed for key in page}))
     decided: list[tuple[int, Counts, Write]] = []
     final: dict[str, Write] = {}
+    final_hash: dict[str, str] = {}  # the hash of each key's newest record
     batched = len(plans) > 1
     for index, (plan, hashes) in enumerate(zip(plans, hashed)):
         for key, record in plan.mapped:
@@ -91,9 +91,8 @@ def apply_plans(
                 if earlier is not None and earlier.op != write.op:
                     write = Write("create", key, record)  # created in this batch: one create, newest record
                 known[key] = KeyState(hashes[key], write.target_id)
-            final[key] = write
+            final[key], final_hash[key] = write, hashes[key]
     writes = list(final.values())
-    hashed_last = hashed[0] if not batched else {key: state.hash for key, state in known.items()}
     result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
     failed = _failures(plans, decided, result)
     rows, succeeded = [], []
@@ -103,7 +102,7 @@ def apply_plans(
         if error is not None:
             failed.append(FailedRecord(key, write.record, log.redact(error)))
             continue
-        rows.append((key, hashed_last[key], result.target_ids.get(key)))
+        rows.append((key, final_hash[key], result.target_ids.get(key)))
         succeeded.append(key)
     for _, counts, write in decided:
         if write.external_id not in result.errors:
