@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -33,11 +33,8 @@ FAILS_INACTIVE = "\"status != 'inactive' && to_string(id) || null\""
 
 
 @pytest.fixture
-def api() -> Iterator[DemoApi]:
-    server = DemoApi(records=300)
-    server.start()
-    yield server
-    server.stop()
+def api(demo_api: Any) -> DemoApi:
+    return demo_api(300)
 
 
 def pipeline(

@@ -6,7 +6,7 @@ import io
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -19,11 +19,8 @@ NO_WAIT = {"sleep": lambda seconds: None}
 
 
 @pytest.fixture
-def api() -> Iterator[DemoApi]:
-    server = DemoApi(records=1000)
-    server.start()
-    yield server
-    server.stop()
+def api(demo_api: Any) -> DemoApi:
+    return demo_api(1000)
 
 
 def write_pipeline(tmp_path: Path, base_url: str, *, fields: str | None = None, extra_source: str = "",

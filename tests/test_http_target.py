@@ -288,11 +288,8 @@ def test_the_fake_crm_lists_contacts_and_honours_upsert_by_key(crm: FakeCrm) -> 
 
 
 @pytest.fixture
-def demo() -> Iterator[DemoApi]:
-    server = DemoApi(records=250)
-    server.start()
-    yield server
-    server.stop()
+def demo(demo_api: Any) -> DemoApi:
+    return demo_api(250)
 
 
 def sync_pipeline(tmp_path: Path, demo_url: str, crm_url: str) -> Path:
