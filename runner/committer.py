@@ -81,7 +81,8 @@ class RunState:
 
 def plan_page(run: RunState, page: Page) -> PagePlan:
     """Map a page's records; a key seen twice in one page keeps its last record."""
-    counts, mapped, failed = Counts(), {}, []
+    counts, failed = Counts(), []
+    mapped: dict[str, dict[str, Any]] = {}  # external_id -> record
     map_record = run.mapper.map
     for raw in page.records:
         counts.processed += 1
@@ -95,10 +96,9 @@ def plan_page(run: RunState, page: Page) -> PagePlan:
         else:
             if outcome.external_id in mapped:
                 counts.skipped += 1  # the same key twice in one page: the last one wins
-            mapped[outcome.external_id] = outcome
+            mapped[outcome.external_id] = outcome.record
     run.planned += 1
-    items = [(key, item.record) for key, item in mapped.items()]
-    return PagePlan(run.planned, len(page.records), items, failed, _checkpoint(run, page), counts)
+    return PagePlan(run.planned, len(page.records), list(mapped.items()), failed, _checkpoint(run, page), counts)
 
 
 def _checkpoint(run: RunState, page: Page) -> str | None:
