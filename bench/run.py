@@ -1,6 +1,6 @@
 """The benchmark of issue 9: `etl run` against the demo API, next to a naive hand-written loop.
 
-Per scenario, with a fresh demo API process (python -m runner.demo_api) on
+Per scenario, with a fresh demo API process (python -m runner.dev.demo_api) on
 127.0.0.1 and a fresh temp dir:
 
 1. the API alone: a sequential httpx loop reads every page and does nothing
@@ -137,7 +137,7 @@ class Outcome:
 
 
 class DemoApi:
-    """`python -m runner.demo_api` on a free port; `cpu_s()` reads its CPU time from /proc."""
+    """`python -m runner.dev.demo_api` on a free port; `cpu_s()` reads its CPU time from /proc."""
 
     def __init__(self, scenario: Scenario, log_path: Path) -> None:
         self.scenario = scenario
@@ -148,7 +148,7 @@ class DemoApi:
     def __enter__(self) -> DemoApi:
         s = self.scenario
         command = [
-            PYTHON, "-m", "runner.demo_api", "--port", "0",
+            PYTHON, "-m", "runner.dev.demo_api", "--port", "0",
             "--records", str(s.records), "--latency-ms", str(s.latency_ms),
         ]
         with open(self.log_path, "wb") as err:

@@ -5,7 +5,7 @@
     print(result.status, result.counts.created)
 
 Names are imported on first use, so that a process which needs one module
-(the writer process, `runner.writer`) does not load the HTTP client and the
+(the writer process, `runner.load.process`) does not load the HTTP client and the
 config loader with it.
 """
 
@@ -15,14 +15,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.apply import Counts
+    from runner.load.apply import Counts
     from runner.config import load_pipeline
     from runner.engine import RunResult, StopFlag, run
     from runner.errors import ConfigError, EtlError
 
 _EXPORTS = {
     "ConfigError": "runner.errors",
-    "Counts": "runner.apply",
+    "Counts": "runner.load.apply",
     "EtlError": "runner.errors",
     "RunResult": "runner.engine",
     "StopFlag": "runner.engine",

@@ -23,18 +23,18 @@ from typing import IO, Any, Callable, Mapping
 import httpx
 
 from runner import log
-from runner.client import HttpClient
-from runner.apply import Counts
-from runner.committer import Checkpoint, Committer, RunState
+from runner.http.client import HttpClient
+from runner.load.apply import Counts
+from runner.load.plan import Checkpoint, Committer, RunState
 from runner.config import load_pipeline
 from runner.errors import EtlError, Interrupted
-from runner.incremental import Watermark
+from runner.load.watermark import Watermark
 from runner.model import Pipeline, PostgresTarget, SqliteTarget
-from runner.prefetch import prefetch
-from runner.source import SourceReader
+from runner.extract.prefetch import prefetch
+from runner.extract.reader import SourceReader
 from runner.state import RunRecord, StateStore, open_store
 from runner.targets import Target, dry_run_target, open_target
-from runner.writer import Setup, WriterProcess
+from runner.load.process import Setup, WriterProcess
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal, Mapping, Union
 
 from jmespath.parser import ParsedResult
 
-from runner import expressions
+from runner.transform import expressions
 
 
 class Secret:

@@ -2,7 +2,7 @@
 # Runs the demo end to end: local demo API -> pipelines/demo.yaml -> data/demo.db.
 set -eu
 export DEMO_PORT="${DEMO_PORT:-8765}"
-python -m runner.demo_api --port "$DEMO_PORT" --records "${DEMO_RECORDS:-1000}" >/dev/null &
+python -m runner.dev.demo_api --port "$DEMO_PORT" --records "${DEMO_RECORDS:-1000}" >/dev/null &
 api=$!
 trap 'kill $api 2>/dev/null || true' EXIT INT TERM
 # wait until the API answers (at most ~5 s)

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from runner.demo_api import DemoApi
+from runner.dev.demo_api import DemoApi
 
 StartDemoApi = Callable[..., DemoApi]
 

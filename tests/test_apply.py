@@ -1,4 +1,4 @@
-"""Tests of runner.apply: diffing planned pages against the state store and committing them,
+"""Tests of runner.load.apply: diffing planned pages against the state store and committing them,
 one page at a time or several as one batch (what the writer process does when it is behind)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import pytest
 
-from runner.apply import Counts, PagePlan, apply_plans
-from runner.contenthash import RecordHasher
+from runner.load.apply import Counts, PagePlan, apply_plans
+from runner.load.contenthash import RecordHasher
 from runner.errors import TargetError
 from runner.model import SqliteTarget
 from runner.state.base import FailedRecord

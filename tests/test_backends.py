@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from runner.demo_api import DemoApi
+from runner.dev.demo_api import DemoApi
 from runner.engine import WRITE_BEHIND_PAGES, RunResult, StopFlag, run
 from runner.errors import Interrupted
 from runner.model import Secret, StateConfig

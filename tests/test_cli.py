@@ -21,10 +21,10 @@ from click.testing import CliRunner
 
 from runner import __version__
 from runner.cli import main
-from runner.demo_api import DemoApi
+from runner.dev.demo_api import DemoApi
 from runner.engine import StopFlag, run
 from runner.errors import Interrupted
-from runner.fake_crm import FakeCrm
+from runner.dev.fake_crm import FakeCrm
 from runner.state.sqlite import SqliteStateStore
 
 NO_WAIT = {"sleep": lambda seconds: None}

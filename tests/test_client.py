@@ -18,7 +18,7 @@ import pytest
 import respx
 
 from runner import log
-from runner.client import HttpClient
+from runner.http.client import HttpClient
 from runner.errors import FetchError, ResponseError
 from runner.model import (
     ApiKeyAuth,

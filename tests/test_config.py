@@ -529,7 +529,7 @@ def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path) ->
 
 def test_functions_of_the_engine_are_known(tmp_path: Path) -> None:
     """Every function in the engine's FUNCTION_TABLE is accepted in an expression."""
-    from runner import functions
+    from runner.transform import functions
 
     names = sorted(functions.OPTIONS.custom_functions.FUNCTION_TABLE)
     fields = "\n".join(f"    f{i}: {name}(@)" for i, name in enumerate(names))
@@ -585,7 +585,7 @@ def walk_schemas(node: Any, where: str = "#") -> list[tuple[str, dict[str, Any]]
 def test_shipped_schema_is_the_schemas_directory_file() -> None:
     """schemas/pipeline.schema.json is a relative symlink to the file the package ships."""
     link = ROOT / "schemas" / "pipeline.schema.json"
-    assert link.is_symlink() and os.readlink(link) == "../runner/pipeline.schema.json"
+    assert link.is_symlink() and os.readlink(link) == "../runner/config/pipeline.schema.json"
     assert json.loads(link.read_text(encoding="utf-8")) == config.load_schema()
 
 

@@ -1,4 +1,4 @@
-"""Tests of runner.contenthash: the hash that decides whether a record changed."""
+"""Tests of runner.load.contenthash: the hash that decides whether a record changed."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from runner.contenthash import RecordHasher, content_hash
+from runner.load.contenthash import RecordHasher, content_hash
 
 
 def test_hash_is_stable_and_sees_field_names() -> None:

@@ -13,10 +13,10 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from runner.demo_api import DemoApi, Faults
-from runner.demo_data import make_record
-from runner.incremental import parse_timestamp
-from runner.pagination import parse_link_header
+from runner.dev.demo_api import DemoApi, Faults
+from runner.dev.demo_data import make_record
+from runner.timestamps import parse_timestamp
+from runner.extract.pagination import parse_link_header
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -259,10 +259,10 @@ def test_stop_closes_open_keep_alive_connections() -> None:
 
 
 def test_command_line_prints_the_base_url_and_stops_on_sigterm() -> None:
-    """`python -m runner.demo_api --port 0` prints its base URL, serves, and exits 0 on SIGTERM."""
+    """`python -m runner.dev.demo_api --port 0` prints its base URL, serves, and exits 0 on SIGTERM."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
-        [sys.executable, "-m", "runner.demo_api", "--port", "0", "--records", "20", "--error-rate", "0"],
+        [sys.executable, "-m", "runner.dev.demo_api", "--port", "0", "--records", "20", "--error-rate", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
     ) as proc:
         assert proc.stdout is not None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from runner.demo_api import DemoApi
+from runner.dev.demo_api import DemoApi
 from runner.engine import RunResult, StopFlag, run
 from runner.errors import FetchError, Interrupted
 from runner.state.sqlite import SqliteStateStore
@@ -155,7 +155,7 @@ def test_failed_fetch_keeps_watermark_and_checkpoint(tmp_path: Path) -> None:
         mark = store.watermark("demo-test")
         store.close()
         assert mark is not None
-    from runner.demo_api import Faults
+    from runner.dev.demo_api import Faults
 
     with DemoApi(records=300, faults=Faults(html_on_pages={2})) as server:
         path = write_pipeline(tmp_path, server.base_url, extra_source=incremental)

@@ -7,7 +7,9 @@ from typing import Any
 import jmespath
 import pytest
 
-from runner import expressions, functions
+from runner.transform import expressions
+
+from runner.transform import functions
 
 EXPRESSIONS = [
     "a", "a.b.c", "a.b", "@", "`1`", "`\"x\"`", "a[0]", "a[-1]", "a[5]", "data[-1].id",

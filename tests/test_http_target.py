@@ -13,10 +13,10 @@ import pytest
 import respx
 
 from runner.errors import FetchError, TargetError
-from runner.fake_crm import FakeCrm
+from runner.dev.fake_crm import FakeCrm
 from runner.state.sqlite import SqliteStateStore
 from runner import engine
-from runner.demo_api import DemoApi
+from runner.dev.demo_api import DemoApi
 from runner.model import BearerAuth, Expr, HttpOperation, HttpTarget, Retry, Secret
 from runner.targets import Write, open_target
 from runner.targets.http import HttpTargetWriter, idempotency_key

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from runner.errors import EtlError
-from runner.incremental import Watermark, parse_timestamp, sort_key
+from runner.load.watermark import Watermark
+from runner.timestamps import parse_timestamp, sort_key
 
 UTC = timezone.utc
 

@@ -1,4 +1,4 @@
-"""Tests of runner.mapping and the JMESPath functions of runner.functions."""
+"""Tests of runner.transform.mapping and the JMESPath functions of runner.transform.functions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import jmespath
 import pytest
 
-from runner.mapping import Failed, Mapped, key_string, map_record
-from runner import functions
+from runner.transform.mapping import Failed, Mapped, key_string, map_record
+from runner.transform import functions
 from runner.model import Expr, MappingSpec
 
 
@@ -159,7 +159,7 @@ def test_field_names_that_are_not_identifiers_are_kept_as_written() -> None:
 def test_every_example_pipeline_mapping_compiles_and_maps(path: Path) -> None:
     """Each shipped pipeline's mapping becomes a generated function that maps a sparse record."""
     from runner.config import load_pipeline
-    from runner.mapping import Mapper
+    from runner.transform.mapping import Mapper
 
     names = re.findall(r"\$\{(\w+)", path.read_text())
     pipeline = load_pipeline(path, env={name: "placeholder" for name in names})

@@ -21,7 +21,7 @@ from runner.model import (
     OffsetPagination,
     PagePagination,
 )
-from runner.pagination import (
+from runner.extract.pagination import (
     PAGINATORS,
     CursorPaginator,
     OffsetPaginator,
@@ -53,7 +53,7 @@ def step(paginator: Paginator, request: PageRequest, body: Any = None, records: 
 
 
 def _schema_types() -> set[str]:
-    for path in (ROOT / "runner" / "pipeline.schema.json", ROOT / "schemas" / "pipeline.schema.json"):
+    for path in (ROOT / "runner" / "config" / "pipeline.schema.json", ROOT / "schemas" / "pipeline.schema.json"):
         if path.exists():
             schema = json.loads(path.read_text())
             return set(schema["$defs"]["pagination"]["properties"]["type"]["enum"])

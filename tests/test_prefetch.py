@@ -1,4 +1,4 @@
-"""Tests of runner.prefetch: order, errors, bounded read-ahead, and early close."""
+"""Tests of runner.extract.prefetch: order, errors, bounded read-ahead, and early close."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from runner.prefetch import prefetch
+from runner.extract.prefetch import prefetch
 
 
 def test_items_arrive_in_order() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from fakes import FakeTime
 
-from runner.ratelimit import RateLimiter
+from runner.http.ratelimit import RateLimiter
 
 
 def test_first_call_does_not_wait() -> None:

@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from runner.demo_api import DemoApi, Faults
+from runner.dev.demo_api import DemoApi, Faults
 from runner.engine import run
-from runner.fake_crm import FakeCrm
-from runner.incremental import parse_timestamp
+from runner.dev.fake_crm import FakeCrm
+from runner.timestamps import parse_timestamp
 from runner.state.sqlite import SqliteStateStore
 
 TOKEN = "tok-SECRET-4242-abcd"

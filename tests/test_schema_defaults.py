@@ -49,6 +49,6 @@ def test_documented_default_is_the_model_default(documented: Any, actual: Any) -
 
 def test_every_pagination_type_has_a_paginator() -> None:
     """The schema's pagination types and the paginator registry are the same set."""
-    from runner.pagination import PAGINATORS
+    from runner.extract.pagination import PAGINATORS
 
     assert set(DEFS["pagination"]["properties"]["type"]["enum"]) == set(PAGINATORS)

@@ -25,8 +25,8 @@ from runner.model import (
     PagePagination,
     Source,
 )
-from runner.pagination import PageRequest
-from runner.source import Page, SourceReader
+from runner.extract.pagination import PageRequest
+from runner.extract.reader import Page, SourceReader
 
 URL = "https://api.example.com/items"
 
@@ -217,7 +217,7 @@ def test_max_pages_stops_with_a_warning(client: httpx.Client, caplog: pytest.Log
     source = Source(url=URL, records=expr("data"), pagination=PagePagination(),
                     limits=Limits(max_pages=4), concurrency=concurrency)
     reader = read(client, source)
-    with caplog.at_level(logging.WARNING, logger="runner.source"):
+    with caplog.at_level(logging.WARNING, logger="runner.extract.reader"):
         pages = list(reader.pages())
     assert len(pages) == 4 and reader.pages_read == 4 and route.call_count == 4
     assert reader.stopped_by == "max_pages"
@@ -419,7 +419,7 @@ def test_concurrent_pages_in_order_against_the_demo_api_with_latency(demo_api: A
 
 def test_loop_cursor_fault_of_the_demo_api_is_caught(demo_api: Any) -> None:
     """The demo API's looping cursor ends the run with a PaginationLoopError, the repeat never requested."""
-    from runner.demo_api import Faults
+    from runner.dev.demo_api import Faults
 
     api = demo_api(1000, faults=Faults(loop_cursor=3))
     source = Source(url=f"{api.base_url}/items/cursor", params={"limit": 100}, records=expr("data"),

@@ -1,4 +1,4 @@
-"""Tests of runner.sqlitebatch: many rows per statement, split at SQLite's variable limit."""
+"""Tests of runner.db.sqlite: many rows per statement, split at SQLite's variable limit."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from runner import sqlitebatch
-from runner.sqlitebatch import insert_rows
+from runner.db import sqlite as sqlitebatch
+from runner.db.sqlite import insert_rows
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of runner.transport: TLS is set up only for https:// requests."""
+"""Tests of runner.http.transport: TLS is set up only for https:// requests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.transport import LazyTlsTransport
+from runner.http.transport import LazyTlsTransport
 
 
 def closed_port() -> int:

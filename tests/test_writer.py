@@ -1,4 +1,4 @@
-"""Tests of runner.writer: the writer process that applies pages for database targets.
+"""Tests of runner.load.process: the writer process that applies pages for database targets.
 
 Runs go through the engine against the demo API on 127.0.0.1 with real SQLite
 files; `serve()` is also driven directly over a pipe, in this process.
@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from runner.apply import Counts, PagePlan, PageResult
+from runner.load.apply import Counts, PagePlan, PageResult
 from runner.engine import run
 from runner.errors import EtlError, TargetError
 from runner.model import SqliteTarget, StateConfig
 from runner.state.sqlite import SqliteStateStore
-from runner.writer import Setup, serve
+from runner.load.process import Setup, serve
 
 NO_WAIT = {"sleep": lambda seconds: None}
 
@@ -206,12 +206,12 @@ def test_ctrl_c_right_after_the_writer_starts_still_ends_interrupted(tmp_path: P
     api = demo_api(20000, latency_ms=50)
     path = write_pipeline(tmp_path, api.base_url)
     code = (
-        "import sys, runner.cli, runner.writer\n"
-        "class Told(runner.writer.subprocess.Popen):\n"
+        "import sys, runner.cli, runner.load.process\n"
+        "class Told(runner.load.process.subprocess.Popen):\n"
         "    def __init__(self, *a, **k):\n"
         "        super().__init__(*a, **k)\n"
         "        print('spawned', flush=True, file=sys.stderr)\n"
-        "runner.writer.subprocess.Popen = Told\n"
+        "runner.load.process.subprocess.Popen = Told\n"
         f"sys.argv = ['etl', 'run', {str(path)!r}]\n"
         "runner.cli.entry()\n"
     )
@@ -323,7 +323,7 @@ def test_a_writer_bug_is_reported_with_secrets_masked(capsys: pytest.CaptureFixt
     """An unexpected exception in the writer: its traceback on stderr and its gist for the engine,
     a known secret masked in both."""
     from runner import log
-    from runner.writer import _describe
+    from runner.load.process import _describe
 
     log.add_secrets(["pg-pass-SECRET-42"])
     try:
@@ -392,7 +392,7 @@ def test_pages_fetched_out_of_order_are_committed_in_order_with_their_checkpoint
     """Four pages in flight, a third of them slow, so they complete out of order: every commit
     the writer reports is a later page than the one before, and the saved checkpoint never
     goes back nor lags the page reported (the writer may be a batch further already)."""
-    from runner.demo_api import Faults
+    from runner.dev.demo_api import Faults
 
     api = demo_api(3000, faults=Faults(slow_rate=0.3, slow_ms=15))
     path = write_pipeline(tmp_path, api.base_url)

@@ -32,7 +32,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from runner.errors import LockError, StateError
-from runner.pg import advisory_key, connect, describe, scrub
+from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.state.base import KeyState, PageCommit, RunLock, RunRecord
 from runner.state.sqlite import failure_key, now_iso
 

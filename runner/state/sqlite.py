@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from runner.errors import LockError, StateError
-from runner.sqlitebatch import insert_rows
+from runner.db.sqlite import insert_rows
 from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover, pid_alive
 
 MIGRATIONS: tuple[str, ...] = (

@@ -46,7 +46,7 @@ from urllib.parse import quote
 import httpx
 
 from runner import log
-from runner.client import HttpClient
+from runner.http.client import HttpClient
 from runner.errors import EtlError, FetchError, TargetError
 from runner.model import HttpOperation, HttpTarget
 from runner.targets.base import Write, WriteResult

@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 
 from runner.errors import TargetError
 from runner.model import PostgresTarget
-from runner.pg import advisory_key, connect, describe, scrub
+from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.targets.base import Write, WriteResult
 
 

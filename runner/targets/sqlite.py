@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from runner.errors import TargetError
 from runner.model import SqliteTarget
-from runner.sqlitebatch import insert_values
+from runner.db.sqlite import insert_values
 from runner.targets.base import Write, WriteResult, json_cells
 
 

@@ -1,6 +1,6 @@
 """How a failed HTTP exchange is told: Retry-After, error-body excerpts, TLS failures, FetchError.
 
-The client (`runner.client`) decides what to do about a failure; this module
+The client (`runner.http.client`) decides what to do about a failure; this module
 only reads what the response says and words the error, every part of it
 redacted (a secret in a URL query, a body or an exception's text becomes `***`).
 """

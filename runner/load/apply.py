@@ -1,8 +1,8 @@
 """Applying a planned page: diff it against the state store, write the target, commit the state.
 
 This is the part of a run that talks to the target and the state store; the
-engine plans pages (`runner.committer`) and this module applies them, either
-in the engine's process or in the writer process (`runner.writer`), which
+engine plans pages (`runner.load.plan`) and this module applies them, either
+in the engine's process or in the writer process (`runner.load.process`), which
 imports only this side: no HTTP client, no config loader.
 
 Per page: one state lookup for all its keys; the creates and updates in one
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from runner import log
-from runner.contenthash import RecordHasher
+from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.state.base import FailedRecord, KeyState, PageCommit, StateStore
 from runner.targets.base import Target, Write, WriteResult

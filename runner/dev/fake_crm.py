@@ -15,7 +15,7 @@ predicate -> a 4xx with {"error": ...}), `fail_next(n, status)` and
 no answer: the lost-response case). With `token`, every request needs
 `Authorization: Bearer <token>` or gets 401.
 
-    python -m runner.fake_crm --port 8766    # runs in the foreground
+    python -m runner.dev.fake_crm --port 8766    # runs in the foreground
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 from urllib.parse import unquote, urlsplit
 
-from runner.localserver import Handler, LocalServer
+from runner.dev.localserver import Handler, LocalServer
 
 # a predicate on the request body returns None (accept) or (status, error text)
 FaultRule = Callable[[dict[str, Any]], Union[tuple[int, str], None]]
@@ -182,7 +182,7 @@ class FakeCrm(LocalServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m runner.fake_crm", description="Run the fake CRM API.")
+    parser = argparse.ArgumentParser(prog="python -m runner.dev.fake_crm", description="Run the fake CRM API.")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN")
     args = parser.parse_args(argv)

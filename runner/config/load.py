@@ -28,11 +28,15 @@ from jmespath.exceptions import (
 )
 from jmespath.parser import ParsedResult
 
-from runner import functions, model, yamlpos
+from runner import model
+
+from runner.transform import functions
+
+from runner.config import yamlpos
 from runner.errors import ConfigError, Problem
-from runner.interpolate import interpolate
-from runner.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
-from runner.yamlpos import Document, KeyPath, dotted
+from runner.config.interpolate import interpolate
+from runner.config.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
+from runner.config.yamlpos import Document, KeyPath, dotted
 
 __all__ = ["check_file", "expand_paths", "load_pipeline", "load_schema"]
 

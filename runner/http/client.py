@@ -2,7 +2,7 @@
 
 It owns explicit timeouts (from config, never httpx's defaults), retries,
 `Retry-After`, the client-side rate limit, applying auth on every attempt (the
-styles and the token cache live in `runner.auth`), the response size cap, one
+styles and the token cache live in `runner.http.auth`), the response size cap, one
 `http.request` log event per attempt, and the mapping of every httpx failure to
 `FetchError` (with the method and a redacted path, never a raw query secret).
 
@@ -46,14 +46,14 @@ from typing import Any
 import httpx
 
 from runner import log
-from runner.auth import Authenticator, TokenRequest, make_auth
+from runner.http.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError, ResponseError
-from runner.httperrors import (
+from runner.http.errors import (
     STATUS_HINTS, TLS_HINT, describe, excerpt, fetch_error, is_tls_failure, retry_after, safe_path,
 )
 from runner.model import Auth, RateLimit, Retry, Timeout
-from runner.ratelimit import RateLimiter
-from runner.transport import LazyTlsTransport
+from runner.http.ratelimit import RateLimiter
+from runner.http.transport import LazyTlsTransport
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # failures that a new attempt can fix; UnsupportedProtocol and LocalProtocolError cannot

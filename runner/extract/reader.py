@@ -27,7 +27,7 @@ import httpx
 from runner import log
 from runner.errors import FetchError, PaginationLoopError, ResponseError
 from runner.model import Source
-from runner.pagination import PageRequest, Paginator, paginator_for
+from runner.extract.pagination import PageRequest, Paginator, paginator_for
 
 __all__ = ["Page", "SourceReader", "select_records"]
 

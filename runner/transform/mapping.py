@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from jmespath.exceptions import JMESPathError
 
-from runner.expressions import inline_source, to_string
+from runner.transform.expressions import inline_source, to_string
 from runner.model import Expr, MappingSpec
 
 # what makes a record fail instead of the run: an expression's type or value error

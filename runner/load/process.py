@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner import errors, log
-from runner.apply import PagePlan, PageResult, apply_plans
-from runner.contenthash import RecordHasher
+from runner.load.apply import PagePlan, PageResult, apply_plans
+from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.model import PostgresTarget, SqliteTarget, StateConfig
 from runner.state.base import pid_alive
@@ -53,7 +53,7 @@ from runner.state.base import pid_alive
 MAX_BATCH = 8
 
 # the child imports from exactly the engine's path (not its working directory's contents)
-_BOOT = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from runner.writer import main; main()"
+_BOOT = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from runner.load.process import main; main()"
 
 
 @dataclass(frozen=True, slots=True)

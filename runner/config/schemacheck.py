@@ -21,7 +21,7 @@ from typing import Any, Callable
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from runner.yamlpos import KeyPath, dotted
+from runner.config.yamlpos import KeyPath, dotted
 
 SCHEMA_FILE = "pipeline.schema.json"
 SECRET_KEYS = frozenset({"token", "password", "value", "client_secret", "dsn"})
@@ -36,7 +36,7 @@ Finding = tuple[KeyPath, str, bool]  # (key path, message, point at the key rath
 
 def load_schema() -> dict[str, Any]:
     """The pipeline JSON Schema shipped inside the package."""
-    text = resources.files("runner").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    text = resources.files("runner.config").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

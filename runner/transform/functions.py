@@ -20,7 +20,7 @@ from typing import Any
 import jmespath
 from jmespath import functions as jp
 
-from runner.incremental import parse_timestamp
+from runner.timestamps import parse_timestamp
 
 _STR = {"types": ["string", "null"]}
 _DATE = {"types": ["string", "number", "null"]}

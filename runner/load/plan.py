@@ -9,7 +9,7 @@ committed. Because diff and commit happen in one place, in page order, a key
 in two consecutive pages is always diffed against the commit before it.
 
 `Committer` applies each plan inline, or hands it to a writer process
-(`runner.writer`) that applies plans in order on the second CPU core while
+(`runner.load.process`) that applies plans in order on the second CPU core while
 this process fetches and maps the next pages.
 """
 
@@ -23,17 +23,17 @@ from typing import Any, Callable, Protocol
 from jmespath.exceptions import JMESPathError
 
 from runner import log
-from runner.apply import Counts, PagePlan, PageResult, add_counts, apply_plans
-from runner.contenthash import RecordHasher
+from runner.load.apply import Counts, PagePlan, PageResult, add_counts, apply_plans
+from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
-from runner.incremental import Watermark
-from runner.mapping import Failed, Mapper
+from runner.load.watermark import Watermark
+from runner.transform.mapping import Failed, Mapper
 from runner.model import Pipeline
-from runner.pagination import PageRequest
-from runner.source import Page
+from runner.extract.pagination import PageRequest
+from runner.extract.reader import Page
 from runner.state import FailedRecord, StateStore
 from runner.targets import Target
-from runner.writer import WriterUnavailable
+from runner.load.process import WriterUnavailable
 
 logger = logging.getLogger("runner.engine")
 
@@ -132,7 +132,7 @@ def _observe(run: RunState, raw: Any, *, failed: bool) -> None:
 
 
 class Channel(Protocol):
-    """Where plans go when they are not applied inline: the writer process (`runner.writer`)."""
+    """Where plans go when they are not applied inline: the writer process (`runner.load.process`)."""
 
     @property
     def ready(self) -> bool: ...  # False until the writer said so: its plans are kept until then

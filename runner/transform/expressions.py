@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from jmespath.visitor import TreeInterpreter
 
-from runner import functions
+from runner.transform import functions
 
 Evaluate = Callable[[Any], Any]
 

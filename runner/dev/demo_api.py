@@ -1,10 +1,10 @@
 """A local demo API on 127.0.0.1: the same records in every pagination style.
 
 The README demo, the tests and the benchmark all read from it. The records
-(deterministic for a seed, in mixed UTC offsets) come from `runner.demo_data`;
+(deterministic for a seed, in mixed UTC offsets) come from `runner.dev.demo_data`;
 each one's JSON is encoded once and bodies are joined from those bytes, so
 the server keeps up with a benchmark of 100,000 records. This module owns the
-endpoints, the fault injection and the command line; `runner.localserver`
+endpoints, the fault injection and the command line; `runner.dev.localserver`
 the socket plumbing.
 
 Endpoints (all take `updated_since`, an ISO timestamp: records whose
@@ -25,7 +25,7 @@ Faults (`Faults`) are drawn from a hash of the seed, the request target and
 how many times that target was asked for, so they are the same run after run
 and a retry of a failed request gets a fresh draw.
 
-    python -m runner.demo_api --port 8765 --records 1000 [--latency-ms N] [--error-rate F ...]
+    python -m runner.dev.demo_api --port 8765 --records 1000 [--latency-ms N] [--error-rate F ...]
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from runner.demo_data import Store, View, encode
-from runner.incremental import parse_timestamp
-from runner.localserver import Handler, LocalServer
+from runner.dev.demo_data import Store, View, encode
+from runner.timestamps import parse_timestamp
+from runner.dev.localserver import Handler, LocalServer
 
 __all__ = ["DemoApi", "Faults", "main"]
 
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m runner.demo_api", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m runner.dev.demo_api", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from runner.incremental import parse_timestamp
+from runner.timestamps import parse_timestamp
 
 __all__ = ["Store", "View", "encode", "format_instant", "make_record"]
 

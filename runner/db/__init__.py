@@ -1,0 +1,1 @@
+"""Database helpers shared by the state stores and the targets (SQLite, PostgreSQL)."""

@@ -1,0 +1,1 @@
+"""Responses into pages of records: the reader, one paginator per style, prefetch."""

@@ -1,0 +1,1 @@
+"""Pages into the target and the state store, in order: plan, watermark, apply, the writer process."""

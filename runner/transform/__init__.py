@@ -1,0 +1,1 @@
+"""Records into keyed records: mapping, compiled JMESPath, the added functions."""
