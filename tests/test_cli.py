@@ -19,6 +19,7 @@ from unittest import mock
 import pytest
 from click.testing import CliRunner
 
+from conftest import whole, write_pipeline_file
 from runner import __version__
 from runner.cli import main
 from runner.dev.demo_api import DemoApi
@@ -28,8 +29,7 @@ from runner.dev.fake_crm import FakeCrm
 from runner.state.sqlite import SqliteStateStore
 
 NO_WAIT = {"sleep": lambda seconds: None}
-FIELDS = "    name: name\n    zip: address.zip\n    updated_at: updated_at\n"
-FAILS_INACTIVE = "\"status != 'inactive' && to_string(id) || null\""
+FAILS_INACTIVE = "status != 'inactive' && to_string(id) || null"
 
 
 @pytest.fixture
@@ -38,23 +38,21 @@ def api(demo_api: Any) -> DemoApi:
 
 
 def pipeline(
-    tmp_path: Path, base_url: str, *, name: str = "cli-test", file: str = "pipeline.yaml",
-    external_id: str = "to_string(id)", target: str | None = None, fields: str = FIELDS, extra: str = "",
+    tmp_path: Path, base_url: str, *, name: str = "cli-test", file: str = "pipeline.yaml", **overrides: Any
 ) -> Path:
-    """A 100-per-page incremental pipeline over the demo API's `page` endpoint into `NAME.db`."""
-    target = target or f"  type: sqlite\n  path: {tmp_path / (name + '.db')}\n  table: items\n"
-    text = (
-        f"version: 1\nname: {name}\nsource:\n  url: {base_url}/items/page\n  records: data\n"
-        "  pagination: {type: page, size_param: per_page, size: 100, total_pages: total_pages}\n"
-        "  concurrency: 1\n"
-        "  incremental: {cursor_field: updated_at, param: updated_since}\n"
-        "  retry: {max_attempts: 2, backoff_initial: 0.01}\n"
-        f"{extra}mapping:\n  external_id: {external_id}\n  fields:\n{fields}"
-        f"target:\n{target}state:\n  path: {tmp_path / 'state.db'}\n"
-    )
-    path = tmp_path / file
-    path.write_text(text)
-    return path
+    """A 100-per-page incremental pipeline over the demo API's `page` endpoint into `NAME.db`;
+    `overrides` as conftest's `write_pipeline_file` takes them."""
+    defaults = {
+        "name": name,
+        "source": {
+            "concurrency": 1,
+            "incremental": {"cursor_field": "updated_at", "param": "updated_since"},
+            "retry": {"max_attempts": 2, "backoff_initial": 0.01},
+        },
+        "mapping": {"fields": whole({"name": "name", "zip": "address.zip", "updated_at": "updated_at"})},
+        "target": {"path": f"{{tmp}}/{name}.db"},
+    }
+    return write_pipeline_file(tmp_path, base_url, file=file, defaults=defaults, **overrides)
 
 
 def etl(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +99,7 @@ def test_two_good_files_run_in_order_and_exit_0(tmp_path: Path, api: DemoApi) ->
 def test_a_config_error_in_the_second_file_runs_nothing(tmp_path: Path, api: DemoApi) -> None:
     """A schema error in the second file exits 2 with its FILE:LINE:COL line, before any request or file."""
     a = pipeline(tmp_path, api.base_url, name="first", file="a.yaml")
-    b = pipeline(tmp_path, api.base_url, name="second", file="b.yaml", extra="  pagesize: 5\n")
+    b = pipeline(tmp_path, api.base_url, name="second", file="b.yaml", source={"pagesize": 5})
     done = etl(tmp_path, "run", str(a), str(b))
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
@@ -112,7 +110,7 @@ def test_a_config_error_in_the_second_file_runs_nothing(tmp_path: Path, api: Dem
 
 def test_failed_records_exit_3_and_the_next_file_still_runs(tmp_path: Path, api: DemoApi) -> None:
     """A file whose records partly fail makes the exit code 3; the file after it runs all the same."""
-    a = pipeline(tmp_path, api.base_url, name="first", file="a.yaml", external_id=FAILS_INACTIVE)
+    a = pipeline(tmp_path, api.base_url, name="first", file="a.yaml", mapping={"external_id": FAILS_INACTIVE})
     b = pipeline(tmp_path, api.base_url, name="second", file="b.yaml")
     done = etl(tmp_path, "run", str(a), str(b))
     assert done.returncode == 3, done.stderr
@@ -177,7 +175,7 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(tmp_path: Path, api: Dem
 def partial_then_interrupted(tmp_path: Path, api: DemoApi) -> tuple[Path, int]:
     """A partial run (inactive records fail), then a full refresh stopped after its first page;
     returns the path and the pages committed."""
-    path = pipeline(tmp_path, api.base_url, external_id=FAILS_INACTIVE)
+    path = pipeline(tmp_path, api.base_url, mapping={"external_id": FAILS_INACTIVE})
     assert run(path, **NO_WAIT).status == "partial"
     flag = StopFlag()
 
@@ -225,12 +223,13 @@ def test_state_show_json_is_one_document_with_the_same_facts(tmp_path: Path, api
 def test_state_reset_clears_the_run_state_but_keeps_http_target_ids(tmp_path: Path, api: DemoApi) -> None:
     """After `etl state reset`, the next run reads everything again and updates the CRM's objects, never duplicating."""
     with FakeCrm() as crm:
-        target = (
-            f"  type: http\n  base_url: {crm.base_url}\n"
-            "  create: {method: POST, path: /contacts, id_path: id}\n"
-            "  update: {method: PATCH, path: \"/contacts/{target_id}\"}\n"
-        )
-        path = pipeline(tmp_path, api.base_url, target=target, fields="    key: to_string(id)\n    name: name\n")
+        target = whole({
+            "type": "http", "base_url": crm.base_url,
+            "create": {"method": "POST", "path": "/contacts", "id_path": "id"},
+            "update": {"method": "PATCH", "path": "/contacts/{target_id}"},
+        })
+        fields = whole({"key": "to_string(id)", "name": "name"})
+        path = pipeline(tmp_path, api.base_url, target=target, mapping={"fields": fields})
         assert run(path, **NO_WAIT).counts.created == 300
         state = str(tmp_path / "state.db")
         result = invoke("state", "reset", "cli-test", "--state", state)
@@ -246,7 +245,7 @@ def test_state_reset_clears_the_run_state_but_keeps_http_target_ids(tmp_path: Pa
 
 def test_state_reset_clears_failed_records_and_hashes(tmp_path: Path, api: DemoApi) -> None:
     """After `etl state reset` of a SQLite pipeline: no watermark, no failures, no keys; the next run creates again."""
-    path = pipeline(tmp_path, api.base_url, external_id=FAILS_INACTIVE)
+    path = pipeline(tmp_path, api.base_url, mapping={"external_id": FAILS_INACTIVE})
     run(path, **NO_WAIT)
     state = str(tmp_path / "state.db")
     assert invoke("state", "reset", "cli-test", "--state", state).exit_code == 0
