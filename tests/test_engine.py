@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 
+from conftest import whole, write_pipeline_file
 from runner.dev.demo_api import DemoApi
 from runner.engine import RunResult, StopFlag, run
 from runner.errors import FetchError, Interrupted
 from runner.state.sqlite import SqliteStateStore
 
 NO_WAIT = {"sleep": lambda seconds: None}
+FIELDS = {"name": "name", "zip": "address.zip", "tags": "tags", "updated_at": "updated_at"}
 
 
 @pytest.fixture
@@ -23,28 +25,14 @@ def api(demo_api: Any) -> DemoApi:
     return demo_api(1000)
 
 
-def write_pipeline(tmp_path: Path, base_url: str, *, fields: str | None = None, extra_source: str = "",
-                   mapping_extra: str = "", target: str | None = None, style: str = "page") -> Path:
-    fields = fields or "      name: name\n      zip: address.zip\n      tags: tags\n      updated_at: updated_at\n"
-    pagination = {
-        "page": "{type: page, size_param: per_page, size: 100, total_pages: total_pages}",
-        "cursor": "{type: cursor, path: next_cursor, param: cursor}",
-    }[style]
-    target = target or f"  type: sqlite\n  path: {tmp_path / 'out.db'}\n  table: items\n"
-    text = (
-        "version: 1\nname: demo-test\n"
-        f"source:\n  url: {base_url}/items/{style}\n  records: data\n  pagination: {pagination}\n"
-        "  params: {limit: 100}\n"
-        f"{extra_source}"
-        "mapping:\n  external_id: to_string(id)\n"
-        f"{mapping_extra}"
-        f"  fields:\n{fields}"
-        f"target:\n{target}"
-        f"state:\n  path: {tmp_path / 'state.db'}\n"
-    )
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(text)
-    return path
+def write_pipeline(tmp_path: Path, base_url: str, **overrides: Any) -> Path:
+    """A `page` pipeline `demo-test` over the demo API into `out.db`; `overrides` as conftest's builder takes them."""
+    defaults = {
+        "name": "demo-test",
+        "source": {"params": {"limit": 100}},
+        "mapping": {"fields": whole(FIELDS)},
+    }
+    return write_pipeline_file(tmp_path, base_url, defaults=defaults, **overrides)
 
 
 def table(tmp_path: Path) -> list[tuple[Any, ...]]:
@@ -101,8 +89,7 @@ def test_three_upstream_changes_are_three_updates(tmp_path: Path, api: DemoApi) 
 def test_new_field_adds_a_column_and_updates_every_row(tmp_path: Path, api: DemoApi) -> None:
     """A field added to the mapping adds its column; every record is updated once to fill it."""
     run(write_pipeline(tmp_path, api.base_url), **NO_WAIT)
-    fields = "      name: name\n      zip: address.zip\n      tags: tags\n      updated_at: updated_at\n      city: address.city\n"
-    result = run(write_pipeline(tmp_path, api.base_url, fields=fields), **NO_WAIT)
+    result = run(write_pipeline(tmp_path, api.base_url, mapping={"fields": {"city": "address.city"}}), **NO_WAIT)
     assert counts(result) == (1000, 0, 1000, 0, 0)
     assert all(row[-1] for row in table(tmp_path))
 
@@ -129,10 +116,8 @@ def test_dry_run_changes_no_byte_and_prints_each_write(tmp_path: Path, api: Demo
 
 def test_failed_records_are_counted_kept_and_the_run_goes_on(tmp_path: Path, api: DemoApi) -> None:
     """Records whose key maps to null fail, are kept with raw record and error, and the rest land."""
-    mapping = "  filter: \"@\"\n"
-    path = write_pipeline(tmp_path, api.base_url, mapping_extra=mapping)
-    text = path.read_text().replace("external_id: to_string(id)", "external_id: \"status != 'inactive' && to_string(id) || null\"")
-    path.write_text(text)
+    mapping = {"external_id": "status != 'inactive' && to_string(id) || null", "filter": "@"}
+    path = write_pipeline(tmp_path, api.base_url, mapping=mapping)
     result = run(path, **NO_WAIT)
     assert result.status == "partial" and result.exit_code == 3
     inactive = result.counts.failed
@@ -147,9 +132,9 @@ def test_failed_records_are_counted_kept_and_the_run_goes_on(tmp_path: Path, api
 
 def test_failed_fetch_keeps_watermark_and_checkpoint(tmp_path: Path) -> None:
     """A run whose page 2 is HTML fails with exit 1, keeps page 1, and does not move the watermark."""
-    incremental = "  incremental: {cursor_field: updated_at, param: updated_since}\n"
+    incremental = {"incremental": {"cursor_field": "updated_at", "param": "updated_since"}}
     with DemoApi(records=300, faults=None) as server:
-        path = write_pipeline(tmp_path, server.base_url, extra_source=incremental)
+        path = write_pipeline(tmp_path, server.base_url, source=incremental)
         run(path, **NO_WAIT)
         store = SqliteStateStore(tmp_path / "state.db")
         mark = store.watermark("demo-test")
@@ -158,7 +143,7 @@ def test_failed_fetch_keeps_watermark_and_checkpoint(tmp_path: Path) -> None:
     from runner.dev.demo_api import Faults
 
     with DemoApi(records=300, faults=Faults(html_on_pages={2})) as server:
-        path = write_pipeline(tmp_path, server.base_url, extra_source=incremental)
+        path = write_pipeline(tmp_path, server.base_url, source=incremental)
         with pytest.raises(FetchError) as caught:
             run(path, full_refresh=True, **NO_WAIT)
     assert caught.value.result.status == "failed" and caught.value.exit_code == 1
@@ -171,8 +156,8 @@ def test_failed_fetch_keeps_watermark_and_checkpoint(tmp_path: Path) -> None:
 
 def test_incremental_sends_the_saved_watermark(tmp_path: Path, api: DemoApi) -> None:
     """The second run sends the greatest updated_at of the first as the incremental param."""
-    incremental = "  incremental: {cursor_field: updated_at, param: updated_since}\n"
-    path = write_pipeline(tmp_path, api.base_url, extra_source=incremental)
+    incremental = {"incremental": {"cursor_field": "updated_at", "param": "updated_since"}}
+    path = write_pipeline(tmp_path, api.base_url, source=incremental)
     run(path, **NO_WAIT)
     store = SqliteStateStore(tmp_path / "state.db")
     mark = store.watermark("demo-test")
