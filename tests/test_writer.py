@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from conftest import write_pipeline_file
 from runner.load.apply import Counts, PagePlan, PageResult
 from runner.engine import run
 from runner.errors import EtlError, TargetError
@@ -31,17 +32,9 @@ from runner.load.process import Setup, serve
 NO_WAIT = {"sleep": lambda seconds: None}
 
 
-def write_pipeline(tmp_path: Path, base_url: str) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(
-        "version: 1\nname: writer-test\n"
-        f"source:\n  url: {base_url}/items/page\n  records: data\n"
-        "  pagination: {type: page, size_param: per_page, size: 100, total_pages: total_pages}\n"
-        "mapping:\n  external_id: to_string(id)\n  fields:\n    name: name\n    tags: tags\n"
-        f"target: {{type: sqlite, path: {tmp_path / 'out.db'}, table: items}}\n"
-        f"state: {{path: {tmp_path / 'state.db'}}}\n"
-    )
-    return path
+def write_pipeline(tmp_path: Path, base_url: str, **overrides: Any) -> Path:
+    """conftest's demo-API `page` pipeline, named `writer-test`; `overrides` as its builder takes them."""
+    return write_pipeline_file(tmp_path, base_url, name="writer-test", **overrides)
 
 
 def children() -> list[int]:
@@ -395,8 +388,7 @@ def test_pages_fetched_out_of_order_are_committed_in_order_with_their_checkpoint
     from runner.dev.demo_api import Faults
 
     api = demo_api(3000, faults=Faults(slow_rate=0.3, slow_ms=15))
-    path = write_pipeline(tmp_path, api.base_url)
-    path.write_text(path.read_text().replace("  records: data\n", "  records: data\n  concurrency: 4\n"))
+    path = write_pipeline(tmp_path, api.base_url, source={"concurrency": 4})
     seen: list[tuple[int, int | None]] = []
 
     def committed(counts: Any, pages: int, elapsed: float) -> None:
