@@ -27,6 +27,7 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
+from conftest import whole, write_pipeline_file
 from runner.dev.demo_api import DemoApi
 from runner.engine import WRITE_BEHIND_PAGES, RunResult, StopFlag, run
 from runner.errors import Interrupted
@@ -38,10 +39,8 @@ import pgserver  # noqa: E402  (tests/ is on sys.path, pytest's rootdir-less imp
 NAME = "backends"
 NO_WAIT = {"sleep": lambda seconds: None}
 COMBINATIONS = [("sqlite", "sqlite"), ("sqlite", "postgres"), ("postgres", "sqlite"), ("postgres", "postgres")]
-PAGINATION = {
-    "page": "{type: page, size_param: per_page, size: LIMIT, total_pages: total_pages}",
-    "cursor": "{type: cursor, path: next_cursor, param: cursor}",
-}
+FIELDS = {"name": "name", "zip": "address.zip", "tags": "tags"}
+CURSOR = {"type": "cursor", "path": "next_cursor", "param": "cursor"}
 Content = dict[str, tuple[Any, ...]]
 
 
@@ -59,24 +58,17 @@ class Backend:
 
     def pipeline(self, api: DemoApi, *, style: str = "page", limit: int = 100) -> Path:
         """Write a pipeline reading `api` into this backend; return its path."""
-        params = f"  params: {{limit: {limit}}}\n" if style == "cursor" else ""
-        if self.target == "sqlite":
-            target = f"{{type: sqlite, path: {json.dumps(str(self.dir / 'out.db'))}, table: items}}"
+        source: dict[str, Any] = {"url": f"{{base_url}}/items/{style}"}
+        if style == "cursor":
+            source |= {"pagination": whole(CURSOR), "params": {"limit": limit}}
         else:
-            target = f"{{type: postgres, dsn: {json.dumps(self.dsn)}, table: items}}"
-        if self.state == "sqlite":
-            state = f"{{path: {json.dumps(str(self.dir / 'state.db'))}}}"
-        else:
-            state = f"{{dsn: {json.dumps(self.dsn)}}}"
-        path = self.dir / "pipeline.yaml"
-        path.write_text(
-            f"version: 1\nname: {NAME}\n"
-            f"source:\n  url: {api.base_url}/items/{style}\n  records: data\n"
-            f"  pagination: {PAGINATION[style].replace('LIMIT', str(limit))}\n{params}"
-            "mapping:\n  external_id: to_string(id)\n  fields:\n    name: name\n    zip: address.zip\n    tags: tags\n"
-            f"target: {target}\nstate: {state}\n"
-        )
-        return path
+            source |= {"pagination": {"size": limit}}
+        overrides: dict[str, Any] = {"name": NAME, "source": source, "mapping": {"fields": whole(FIELDS)}}
+        if self.target == "postgres":
+            overrides["target"] = whole({"type": "postgres", "dsn": self.dsn, "table": "items"})
+        if self.state == "postgres":
+            overrides["state"] = whole({"dsn": self.dsn})
+        return write_pipeline_file(self.dir, api.base_url, **overrides)
 
     def rows(self) -> Content:
         """The target table by key, content as Python values; asserts no key is there twice."""
