@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from conftest import whole, write_pipeline_file
 from runner.dev.demo_api import DemoApi, Faults
 from runner.engine import run
 from runner.dev.fake_crm import FakeCrm
@@ -32,44 +34,35 @@ TOKEN = "tok-SECRET-4242-abcd"
 ENV = {"API_TOKEN": TOKEN}
 NO_WAIT: Callable[[float], None] = lambda seconds: None  # noqa: E731 - the engine's sleep seam
 FIELDS = ("name", "email", "zip", "tags", "amount", "active", "updated_at")
-FAST_RETRY = "{max_attempts: 3, backoff_initial: 0.01, backoff_max: 0.05}"
-PAGINATION = {
-    "cursor": "{type: cursor, path: next_cursor, param: cursor}",
-    "page": "{type: page, size_param: per_page, size: LIMIT, total_pages: total_pages}",
+FAST_RETRY = {"max_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.05}
+MAPPED = {
+    "name": "name", "email": "email", "zip": "address.zip", "tags": "tags",
+    "amount": "amount", "active": "active", "updated_at": "updated_at",
 }
+CURSOR = {"type": "cursor", "path": "next_cursor", "param": "cursor"}
 
 
 # --- pipelines, processes and the target -------------------------------------------
 
 
-def pipeline_text(
-    tmp_path: Path, url: str, *, name: str = "reliable", style: str = "cursor", limit: int = 50,
-    retry: str = FAST_RETRY, incremental: bool = True, source_extra: str = "", target: str | None = None,
-    fields: str | None = None, records: str = "data", pagination: str | None = None,
-) -> str:
-    """A pipeline reading `url` with bearer auth from $API_TOKEN into `out.db` (or `target`)."""
-    pagination = pagination or PAGINATION[style].replace("LIMIT", str(limit))
-    params = "{limit: %d}" % limit if style == "cursor" else "{}"
-    fields = fields or (
-        "    name: name\n    email: email\n    zip: address.zip\n    tags: tags\n"
-        "    amount: amount\n    active: active\n    updated_at: updated_at\n"
-    )
-    target = target or f"  type: sqlite\n  path: {tmp_path / 'out.db'}\n  table: items\n"
-    inc = "  incremental: {cursor_field: updated_at, param: updated_since}\n" if incremental else ""
-    return (
-        f"version: 1\nname: {name}\nsource:\n  url: {url}\n  records: {records}\n"
-        f"  pagination: {pagination}\n  params: {params}\n"
-        "  auth: {type: bearer, token: \"${API_TOKEN}\"}\n"
-        f"  retry: {retry}\n{inc}{source_extra}"
-        f"mapping:\n  external_id: to_string(id)\n  fields:\n{fields}"
-        f"target:\n{target}state:\n  path: {tmp_path / 'state.db'}\n"
-    )
-
-
-def write_pipeline(tmp_path: Path, text: str, file: str = "pipeline.yaml") -> Path:
-    path = tmp_path / file
-    path.write_text(text)
-    return path
+def write_pipeline(tmp_path: Path, url: str, *, style: str = "cursor", limit: int = 50, **overrides: Any) -> Path:
+    """An incremental pipeline reading `url` (`style` pagination, `limit` a page) with bearer auth
+    from $API_TOKEN into `out.db`; `overrides` as conftest's `write_pipeline_file` takes them."""
+    if style == "cursor":
+        paging = {"pagination": whole(CURSOR), "params": {"limit": limit}}
+    else:
+        paging = {"pagination": {"size": limit}, "params": {}}
+    defaults = {
+        "name": "reliable",
+        "source": {
+            "url": url, **paging,
+            "auth": {"type": "bearer", "token": "${API_TOKEN}"},
+            "retry": FAST_RETRY,
+            "incremental": {"cursor_field": "updated_at", "param": "updated_since"},
+        },
+        "mapping": {"fields": whole(MAPPED)},
+    }
+    return write_pipeline_file(tmp_path, defaults=defaults, **overrides)
 
 
 def child_env(**changes: str | None) -> dict[str, str]:
@@ -164,10 +157,10 @@ def test_chaos_run_lands_exactly_the_source_records_once(tmp_path: Path, demo_ap
     """Against ~20% 5xx, 429s with Retry-After, dropped connections and slow answers, 5,000 records land once each."""
     faults = Faults(error_rate=0.2, rate_limit_rate=0.05, drop_rate=0.05, slow_rate=0.05, slow_ms=30)
     api = demo_api(5000, seed=11, faults=faults)
-    retry = "{max_attempts: 12, backoff_initial: 0.01, backoff_max: 0.05}"
-    text = pipeline_text(tmp_path, f"{api.base_url}/items/{style}", style=style, limit=100, retry=retry)
+    retry = {"max_attempts": 12, "backoff_initial": 0.01, "backoff_max": 0.05}
+    path = write_pipeline(tmp_path, f"{api.base_url}/items/{style}", style=style, limit=100, source={"retry": retry})
     waits: list[float] = []
-    result = run(write_pipeline(tmp_path, text), env=ENV, sleep=waits.append)
+    result = run(path, env=ENV, sleep=waits.append)
     c = result.counts
     assert (result.status, c.processed, c.created, c.failed) == ("success", 5000, 5000, 0)
     assert result.retries >= 10 and result.pages == 50
@@ -202,7 +195,7 @@ def kill_at_seeded_points(
 def test_sigkilled_runs_rerun_to_exactly_the_source(tmp_path: Path, demo_api: Any, spawn: Any) -> None:
     """SIGKILL at seeded points, then a re-run: the SQLite target holds every source record once, none extra."""
     api = demo_api(3000, latency_ms=20, seed=3)
-    path = write_pipeline(tmp_path, pipeline_text(tmp_path, f"{api.base_url}/items/cursor", limit=50))
+    path = write_pipeline(tmp_path, f"{api.base_url}/items/cursor", limit=50)
     codes, logs = kill_at_seeded_points(spawn, path, seed=7, delays=(0.1, 0.35), kills=4)
     assert codes.count(-signal.SIGKILL) >= 3, codes
     final = etl(path)
@@ -216,16 +209,17 @@ def test_sigkilled_runs_rerun_to_exactly_the_source(tmp_path: Path, demo_api: An
 
 
 def crm_pipeline(tmp_path: Path, api: DemoApi, crm: FakeCrm) -> Path:
-    target = (
-        f"  type: http\n  base_url: {crm.base_url}\n"
-        "  create: {method: POST, path: /contacts, id_path: id}\n"
-        "  update: {method: PATCH, path: \"/contacts/{target_id}\"}\n"
-        f"  retry: {FAST_RETRY}\n"
+    target = whole({
+        "type": "http", "base_url": crm.base_url,
+        "create": {"method": "POST", "path": "/contacts", "id_path": "id"},
+        "update": {"method": "PATCH", "path": "/contacts/{target_id}"},
+        "retry": FAST_RETRY,
+    })
+    fields = whole({"key": "to_string(id)", "name": "name", "email": "email"})
+    return write_pipeline(
+        tmp_path, f"{api.base_url}/items/cursor", limit=20, source={"incremental": None}, mapping={"fields": fields},
+        target=target,
     )
-    fields = "    key: to_string(id)\n    name: name\n    email: email\n"
-    text = pipeline_text(tmp_path, f"{api.base_url}/items/cursor", limit=20, target=target, fields=fields,
-                         incremental=False)
-    return write_pipeline(tmp_path, text)
 
 
 def crm_by_key(crm: FakeCrm) -> dict[str, list[dict[str, Any]]]:
@@ -269,7 +263,7 @@ def test_a_signal_stops_after_the_page_and_the_next_run_resumes(
 ) -> None:
     """SIGTERM exits 143 (SIGINT 130) with an interrupted summary; the next run resumes and lands every record."""
     api = demo_api(2000, latency_ms=20)
-    path = write_pipeline(tmp_path, pipeline_text(tmp_path, f"{api.base_url}/items/cursor", limit=50))
+    path = write_pipeline(tmp_path, f"{api.base_url}/items/cursor", limit=50)
     log_path = tmp_path / "signalled.log"
     proc = spawn(path, log_path)
     assert wait_for(proc, log_path, "event=http.request", count=3)
@@ -294,7 +288,7 @@ def test_a_signal_stops_after_the_page_and_the_next_run_resumes(
 def test_a_second_run_of_the_same_pipeline_exits_4_at_once(tmp_path: Path, demo_api: Any, spawn: Any) -> None:
     """While one run holds the lock, a second exits at once with code 4 and names the holder; the first finishes."""
     api = demo_api(1000, latency_ms=40)
-    path = write_pipeline(tmp_path, pipeline_text(tmp_path, f"{api.base_url}/items/cursor", limit=20))
+    path = write_pipeline(tmp_path, f"{api.base_url}/items/cursor", limit=20)
     log_path = tmp_path / "first.log"
     first = spawn(path, log_path)
     assert wait_for(first, log_path, "event=http.request")
@@ -322,6 +316,11 @@ class RanOnce:
     path: Path
     text: str
     watermark: Any
+    write: Callable[..., Path]
+
+    def changed(self, **changes: Any) -> str:
+        """The text of this pipeline with `changes` (overrides as conftest's builder takes them) made."""
+        return self.write(**changes).read_text()
 
     def fails(self, text: str, code: int, *, env: dict[str, str] | None = None, timeout: float = 60) -> str:
         """Run the changed file; assert the exit code, one clear message line, no secret, state unchanged."""
@@ -344,20 +343,20 @@ class RanOnce:
 
 @pytest.fixture
 def ran_once(tmp_path: Path, demo_api: Any) -> Callable[..., RanOnce]:
-    """A factory: a 200-record incremental pipeline (target at `target_path`) after one successful run."""
+    """A factory: a 200-record incremental pipeline (with `overrides`) after one successful run."""
 
-    def make(target_path: Path | None = None, fields: str | None = None) -> RanOnce:
+    def make(**overrides: Any) -> RanOnce:
         api = demo_api(200)
-        target = None
-        if target_path is not None:
-            target = f"  type: sqlite\n  path: {target_path}\n  table: items\n"
-        text = pipeline_text(tmp_path, f"{api.base_url}/items/cursor", limit=50, target=target, fields=fields)
-        path = write_pipeline(tmp_path, text)
+
+        def write(**changes: Any) -> Path:
+            return write_pipeline(tmp_path, f"{api.base_url}/items/cursor", limit=50, **overrides, **changes)
+
+        path = write()
         result = run(path, env=ENV, sleep=NO_WAIT)
         assert result.status == "success"
         watermark = state_of(tmp_path)["watermark"]
         assert watermark == greatest_updated_at(api)
-        return RanOnce(api, tmp_path, path, text, watermark)
+        return RanOnce(api, tmp_path, path, path.read_text(), watermark, write)
 
     return make
 
@@ -371,21 +370,22 @@ def closed_port() -> int:
 def test_malformed_yaml_exits_2_with_file_line_col(ran_once: Any) -> None:
     """An unclosed flow list is invalid YAML: exit 2, one FILE:LINE:COL line, nothing run."""
     setup = ran_once()
-    message = setup.fails(setup.text.replace("fields:\n", "fields: [oops\n", 1), 2)
+    broken = re.sub(r"(?m)^  fields: .*$", "  fields: [oops", setup.text, count=1)
+    message = setup.fails(broken, 2)
     assert "invalid YAML" in message
 
 
 def test_schema_violation_exits_2_and_names_the_key(ran_once: Any) -> None:
     """An unknown key is a schema error: exit 2, one line naming the key path and the likely intended key."""
     setup = ran_once()
-    message = setup.fails(setup.text.replace("  records: data\n", "  records: data\n  recrods: data\n"), 2)
+    message = setup.fails(setup.changed(source={"recrods": "data"}), 2)
     assert "source.recrods" in message and "did you mean 'records'" in message
 
 
 def test_bad_jmespath_exits_2_and_names_the_key(ran_once: Any) -> None:
     """A JMESPath that does not compile is a validation error naming its key and line."""
     setup = ran_once()
-    message = setup.fails(setup.text.replace("    name: name\n", "    name: \"name[?\"\n"), 2)
+    message = setup.fails(setup.changed(mapping={"fields": {"name": "name[?"}}), 2)
     assert "mapping.fields.name" in message and "JMESPath" in message
 
 
@@ -400,14 +400,14 @@ def test_connection_refused_exits_1(ran_once: Any) -> None:
     """A closed 127.0.0.1 port fails the run after its retries: exit 1, one line, state unchanged."""
     setup = ran_once()
     url = f"http://127.0.0.1:{closed_port()}/items/cursor"
-    message = setup.fails(setup.text.replace(setup.api.base_url + "/items/cursor", url), 1)
+    message = setup.fails(setup.changed(source={"url": url}), 1)
     assert "Connection refused" in message and "gave up after 3 attempts" in message
 
 
 def test_unresolvable_host_exits_1_without_hanging(ran_once: Any) -> None:
     """A name under .invalid never resolves: exit 1 quickly with one line, state unchanged."""
     setup = ran_once()
-    text = setup.text.replace(setup.api.base_url, "http://no-such-host.invalid")
+    text = setup.changed(source={"url": "http://no-such-host.invalid/items/cursor"})
     started = time.monotonic()
     message = setup.fails(text, 1, timeout=30)
     assert time.monotonic() - started < 20
@@ -417,7 +417,8 @@ def test_unresolvable_host_exits_1_without_hanging(ran_once: Any) -> None:
 def test_https_to_a_plain_http_port_exits_1_and_says_tls(ran_once: Any) -> None:
     """https:// to the plain-HTTP demo API is a TLS failure, not retried, and the message says TLS/SSL."""
     setup = ran_once()
-    message = setup.fails(setup.text.replace("http://127.0.0.1", "https://127.0.0.1", 1), 1)
+    url = setup.api.base_url.replace("http://", "https://", 1) + "/items/cursor"
+    message = setup.fails(setup.changed(source={"url": url}), 1)
     assert "SSL" in message and "TLS" in message and "not retried" in message
 
 
@@ -433,7 +434,7 @@ def test_non_json_body_exits_1_and_names_the_path(ran_once: Any) -> None:
 def test_records_that_are_not_a_list_exit_1_naming_expression_and_type(ran_once: Any) -> None:
     """`records` pointing at an object fails with the expression and the type found."""
     setup = ran_once()
-    message = setup.fails(setup.text.replace("records: data", "records: \"data[0]\""), 1)
+    message = setup.fails(setup.changed(source={"records": "data[0]"}), 1)
     assert "'data[0]'" in message and "an object" in message and "/items/cursor" in message
 
 
@@ -442,11 +443,11 @@ def test_401_is_not_retried_and_says_check_credentials(tmp_path: Path) -> None:
     with FakeCrm(token=TOKEN) as crm:
         for n in range(1, 6):
             crm.objects[f"c_{n}"] = {"id": f"c_{n}", "name": f"n{n}", "updated_at": f"2024-01-0{n}T00:00:00Z"}
-        text = pipeline_text(
-            tmp_path, f"{crm.base_url}/contacts", pagination="{type: none}", retry="{max_attempts: 5}",
-            fields="    name: name\n",
-        ).replace("to_string(id)", "id")
-        path = write_pipeline(tmp_path, text)
+        path = write_pipeline(
+            tmp_path, f"{crm.base_url}/contacts",
+            source={"pagination": whole({"type": "none"}), "retry": whole({"max_attempts": 5})},
+            mapping={"external_id": "id", "fields": whole({"name": "name"})},
+        )
         assert run(path, env=ENV, sleep=NO_WAIT).status == "success"
         watermark = state_of(tmp_path)["watermark"]
         before = len(crm.request_log)
@@ -463,7 +464,7 @@ def test_401_is_not_retried_and_says_check_credentials(tmp_path: Path) -> None:
 def test_body_over_the_size_cap_exits_1(ran_once: Any) -> None:
     """A response larger than `max_response_bytes` fails the run with the cap in the message."""
     setup = ran_once()
-    text = setup.text.replace("  records: data\n", "  records: data\n  max_response_bytes: 100\n")
+    text = setup.changed(source={"max_response_bytes": 100})
     message = setup.fails(text, 1)
     assert "over 100 bytes" in message and "/items/cursor" in message
 
@@ -472,7 +473,7 @@ def test_target_path_that_is_a_directory_exits_1(ran_once: Any, tmp_path: Path) 
     """A target path that names a directory cannot be opened: exit 1, one line naming the target."""
     setup = ran_once()
     (tmp_path / "adir").mkdir()
-    message = setup.fails(setup.text.replace(str(tmp_path / "out.db"), str(tmp_path / "adir")), 1)
+    message = setup.fails(setup.changed(target={"path": str(tmp_path / "adir")}), 1)
     assert f"sqlite target {tmp_path / 'adir'}" in message
 
 
@@ -481,7 +482,7 @@ def test_target_under_a_regular_file_exits_1(ran_once: Any, tmp_path: Path) -> N
     setup = ran_once()
     (tmp_path / "afile").write_text("x")
     target = tmp_path / "afile" / "out.db"
-    message = setup.fails(setup.text.replace(str(tmp_path / "out.db"), str(target)), 1)
+    message = setup.fails(setup.changed(target={"path": str(target)}), 1)
     assert f"sqlite target {target}" in message
 
 
@@ -499,7 +500,7 @@ def test_read_only_target_exits_1(ran_once: Any, tmp_path: Path) -> None:
     """A target on a read-only bind mount (which stops root too) fails with exit 1 and one line."""
     where = tmp_path / "ro"
     where.mkdir()
-    setup = ran_once(target_path=where / "out.db")
+    setup = ran_once(target={"path": str(where / "out.db")})
     setup.api.add_records(20)  # something to write
     mount("--bind", str(where), str(where))
     try:
@@ -516,7 +517,7 @@ def test_full_target_exits_1(ran_once: Any, tmp_path: Path) -> None:
     where.mkdir()
     mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where))
     try:
-        setup = ran_once(target_path=where / "out.db", fields="    name: name\n")
+        setup = ran_once(target={"path": str(where / "out.db")}, mapping={"fields": whole({"name": "name"})})
         with open(where / "filler", "wb", buffering=0) as filler:
             try:
                 while True:
