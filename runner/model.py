@@ -90,6 +90,7 @@ class RateLimit:
 @dataclass(frozen=True, slots=True)
 class BearerAuth:
     token: Secret
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
     type: Literal["bearer"] = "bearer"
 
 
@@ -97,6 +98,7 @@ class BearerAuth:
 class BasicAuth:
     username: str
     password: Secret
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
     type: Literal["basic"] = "basic"
 
 
@@ -105,6 +107,7 @@ class ApiKeyAuth:
     name: str
     value: Secret
     location: Literal["header", "query"] = "header"  # the file's key is `in`
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
     type: Literal["api_key"] = "api_key"
 
 
@@ -114,6 +117,7 @@ class OAuth2ClientCredentials:
     client_id: str
     client_secret: Secret
     scopes: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
     type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
 
 

@@ -11,6 +11,7 @@ ConfigError, or builds the dataclasses of `runner.model`.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -165,7 +166,7 @@ def _analyse(
     variables = _variables(env, env_file, report)
     values = interpolate(doc.data, variables, plain=doc.plain)
     _env_problems(values.missing, values.malformed, report, strict)
-    unchecked = set(values.missing) | set(values.malformed)
+    unchecked = set(values.missing) | set(values.malformed) | _non_finite(values.data, report)
     for path, message, key in schema_findings(values.data, skip=unchecked):
         report.add(path, message, key=key)
     compiled = _expressions(values.data, report, unchecked)
@@ -185,6 +186,27 @@ def _read(file: str, report: _Report) -> str | None:
 
 def _unique(problems: list[Problem]) -> list[Problem]:
     return list(dict.fromkeys(problems))
+
+
+def _non_finite(data: Any, report: _Report) -> set[KeyPath]:
+    """Report `.inf` and `.nan` (YAML reads them as floats) and return where they are.
+
+    The schema cannot refuse them (NaN passes every bound), and no timeout, rate or
+    limit means anything with one. Walked with a stack, not recursion: any depth is safe.
+    """
+    found: set[KeyPath] = set()
+    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            written = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+            report.add(path, f"numbers must be finite, got {written}")
+            found.add(path)
+        elif isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+    return found
 
 
 # --- environment ------------------------------------------------------------------------
@@ -414,18 +436,20 @@ def _auth(d: dict[str, Any] | None) -> model.Auth | None:
     if d is None:
         return None
     kind = d["type"]
+    hosts = tuple(d.get("hosts", ()))
     if kind == "bearer":
-        return model.BearerAuth(token=model.Secret(d["token"]))
+        return model.BearerAuth(token=model.Secret(d["token"]), hosts=hosts)
     if kind == "basic":
-        return model.BasicAuth(username=d["username"], password=model.Secret(d["password"]))
+        return model.BasicAuth(username=d["username"], password=model.Secret(d["password"]), hosts=hosts)
     if kind == "api_key":
         location = d.get("in", "header")
-        return model.ApiKeyAuth(name=d["name"], value=model.Secret(d["value"]), location=location)
+        return model.ApiKeyAuth(name=d["name"], value=model.Secret(d["value"]), location=location, hosts=hosts)
     return model.OAuth2ClientCredentials(
         token_url=d["token_url"],
         client_id=d["client_id"],
         client_secret=model.Secret(d["client_secret"]),
         scopes=tuple(d.get("scopes", ())),
+        hosts=hosts,
     )
 
 
