@@ -55,3 +55,24 @@ def test_rate_must_be_positive() -> None:
     """A zero rate is refused with the value named."""
     with pytest.raises(ValueError, match="requests_per_second must be > 0, got 0"):
         RateLimiter(0)
+
+
+def test_a_slot_past_the_deadline_is_refused_unbooked() -> None:
+    """acquire(deadline=) says False at once for a slot after the deadline, and books nothing."""
+    fake = FakeTime()
+    limiter = RateLimiter(1e-9, clock=fake.clock, sleep=fake.sleep)
+    assert limiter.acquire(deadline=30.0) is True
+    assert limiter.acquire(deadline=30.0) is False
+    assert fake.sleeps == []
+    fast = RateLimiter(1, clock=fake.clock, sleep=fake.sleep)
+    fast.acquire()
+    assert fast.reserve(deadline=0.5) is None  # the next slot is at 1.0
+    assert fast.reserve(deadline=1.0) == pytest.approx(1.0)  # ... and was not taken by the refusal
+
+
+def test_slots_before_the_deadline_are_waited_for() -> None:
+    """A deadline changes nothing for the slots that come before it."""
+    fake = FakeTime()
+    limiter = RateLimiter(2, clock=fake.clock, sleep=fake.sleep)
+    assert all(limiter.acquire(deadline=10.0) for _ in range(3))
+    assert fake.sleeps == [pytest.approx(0.5), pytest.approx(0.5)]

@@ -2,9 +2,12 @@
 
 It owns explicit timeouts (from config, never httpx's defaults), retries,
 `Retry-After`, the client-side rate limit, applying auth on every attempt (the
-styles and the token cache live in `runner.http.auth`), the response size cap, one
-`http.request` log event per attempt, and the mapping of every httpx failure to
-`FetchError` (with the method and a redacted path, never a raw query secret).
+styles and the token cache live in `runner.http.auth`; which origins get the
+credentials, `runner.http.origins`), one `http.request` log event per attempt,
+the run's deadline, and the mapping of every httpx failure to `FetchError`
+(with the method and a redacted path, never a raw query secret). One attempt
+on the wire (redirects, the body's size cap and read deadline) is
+`runner.http.exchange`.
 
 The client is synchronous and thread-safe: the engine shares one client, and
 so one rate limit, between the threads that fetch pages concurrently.
@@ -31,6 +34,15 @@ Retry policy (stamina-style: narrow, named, bounded):
   only the token URL's path), cached until 30 s before `expires_in`, and on a
   401 fetched again once and the request repeated (an extra attempt, beyond
   `max_attempts`).
+
+The run's deadline (`deadline`, a `clock()` time: the end of `limits.max_seconds`)
+bounds everything a request does: no attempt starts after it, no rate-limit or
+retry wait is slept past it, and each attempt's timeouts and body deadline are
+cut to what is left. Running out is a `DeadlineReached` (a FetchError naming
+`limits.max_seconds`), never a sleep of an hour, or of 10^9 s.
+
+A request's own query parameters and the auth query parameter are added to
+the URL's query, never in place of it: a next URL goes out as the API gave it.
 """
 
 from __future__ import annotations
@@ -47,10 +59,12 @@ import httpx
 
 from runner import log
 from runner.http.auth import Authenticator, TokenRequest, make_auth
-from runner.errors import FetchError, ResponseError
+from runner.errors import FetchError
 from runner.http.errors import (
-    STATUS_HINTS, TLS_HINT, describe, excerpt, fetch_error, is_tls_failure, retry_after, safe_path,
+    STATUS_HINTS, TLS_HINT, DeadlineReached, describe, fetch_error, is_tls_failure, safe_path,
 )
+from runner.http.exchange import Outcome, Wire, log_headers
+from runner.http.origins import Credentials, Trust, with_query
 from runner.model import Auth, RateLimit, Retry, Timeout
 from runner.http.ratelimit import RateLimiter
 from runner.http.transport import LazyTlsTransport
@@ -66,6 +80,7 @@ RETRYABLE_ERRORS = (
 # the request never left: safe to repeat even when it is not idempotent
 UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
+MAX_SECONDS = "the run's limits.max_seconds"
 
 
 class _Unset:
@@ -88,24 +103,17 @@ class _RequestSpec:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
-class _Outcome:
-    """One attempt: a usable response, or a status / transport error to judge."""
-
-    status: int | None = None
-    response: httpx.Response | None = None
-    error: httpx.TransportError | None = None
-    failure: FetchError | None = None  # final whatever the policy says (body too large)
-    detail: str = ""
-    retry_after: float | None = None
-    elapsed: float = 0.0
-
-
 # --- the client ------------------------------------------------------------------
 
 
 class HttpClient:
-    """The one send path; share one instance between threads (and so one rate limit)."""
+    """The one send path; share one instance between threads (and so one rate limit).
+
+    `origin` is the home origin that gets the credentials (the http target's
+    `base_url`); without it, the first request sent names it. `deadline` is a
+    `clock()` time (the end of the run's `limits.max_seconds`) past which no
+    request goes on; the caller may set it after construction too.
+    """
 
     def __init__(
         self,
@@ -122,22 +130,37 @@ class HttpClient:
         wall_clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         logger_name: str = "runner.http",
+        origin: str | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.retry = retry
+        self.timeout = timeout
         self.max_response_bytes = max_response_bytes
-        self._sleep, self._clock, self._wall_clock = sleep, clock, wall_clock
+        self.deadline = deadline
+        self._sleep, self._clock = sleep, clock
         self._rng = rng if rng is not None else random.Random()
         self._logger = logging.getLogger(logger_name)
         self._limiter = _limiter(rate_limit, clock=clock, sleep=sleep)
         self._counter_lock = threading.Lock()
         self._requests = 0
         self._retries = 0
-        self._auth = make_auth(auth, post=self._post_token, clock=clock)
-        self._http = httpx.Client(
-            transport=transport if transport is not None else LazyTlsTransport(),
-            timeout=_httpx_timeout(timeout),
-            headers=dict(headers or {}),
-            follow_redirects=True,  # httpx drops Authorization when the origin changes
+        authenticator = make_auth(auth, post=self._post_token, clock=clock)
+        self._credentials: Credentials | None = None
+        if auth is not None and authenticator is not None:
+            trust = Trust(auth.hosts, home=origin, logger=self._logger)
+            self._credentials = Credentials(authenticator, trust)
+        try:
+            self._http = httpx.Client(
+                transport=transport if transport is not None else LazyTlsTransport(),
+                timeout=_httpx_timeout(timeout),
+                headers=dict(headers or {}),
+                follow_redirects=False,  # the Wire follows them, deciding credentials for each hop
+            )
+        except UnicodeEncodeError:
+            raise FetchError(_unsendable(dict(headers or {}))) from None  # not the value: a secret?
+        self._wire = Wire(
+            self._http, max_response_bytes=max_response_bytes, read_timeout=timeout.read,
+            clock=clock, wall_clock=wall_clock, logger=self._logger,
         )
 
     @property
@@ -174,27 +197,27 @@ class HttpClient:
         spec = _RequestSpec(
             method.upper(), str(url), dict(params or {}), json, data, dict(headers or {})
         )
-        return self._send(spec, idempotent=idempotent, auth=self._auth)
+        return self._send(spec, idempotent=idempotent, credentials=self._credentials)
 
     def _post_token(self, token: TokenRequest) -> httpx.Response:
         spec = _RequestSpec("POST", token.url, data=token.form, headers=token.headers)
-        return self._send(spec, idempotent=True, auth=None)  # a token grant changes nothing
+        return self._send(spec, idempotent=True, credentials=None)  # a token grant changes nothing
 
     # --- the retry loop ---------------------------------------------------------
 
     def _send(
-        self, spec: _RequestSpec, *, idempotent: bool | None, auth: Authenticator | None
+        self, spec: _RequestSpec, *, idempotent: bool | None, credentials: Credentials | None
     ) -> httpx.Response:
         start = self._clock()
         attempt, budget, refreshed = 0, self.retry.max_attempts, False
         while True:
             attempt += 1
-            request = self._build(spec, auth)
-            outcome = self._attempt(request)
+            request = self._build(spec, credentials)
+            outcome = self._attempt(request, credentials)
             if outcome.response is not None:
                 self._log_attempt(request, outcome, attempt)
                 return outcome.response
-            if not refreshed and _may_refresh(outcome, auth, request):
+            if not refreshed and credentials is not None and _may_refresh(outcome, credentials.auth, request):
                 refreshed, budget = True, budget + 1
                 self._log_attempt(request, outcome, attempt, retry_in=0.0)
                 continue
@@ -208,7 +231,7 @@ class HttpClient:
     def _decide(
         self,
         request: httpx.Request,
-        outcome: _Outcome,
+        outcome: Outcome,
         attempt: int,
         budget: int,
         start: float,
@@ -220,22 +243,27 @@ class HttpClient:
         safe = _is_idempotent(request) if idempotent is None else idempotent
         if not self._retryable(outcome, safe):
             return self._finalfetch_error(request, outcome, safe)
+        run_left = self._run_left()
+        if run_left is not None and run_left <= 0:
+            why = f"; {MAX_SECONDS} ran out"
+            return self._give_up(request, outcome, attempt, why, cls=DeadlineReached)
         if attempt >= budget:
             return self._give_up(request, outcome, attempt, "")
         wait = outcome.retry_after if outcome.retry_after is not None else self._backoff(attempt)
         left = self.retry.max_elapsed - (self._clock() - start)
         if wait > left:
-            return self._give_up(request, outcome, attempt, self._too_long(outcome, wait, left))
+            why = self._too_long(outcome, wait, left, f"retry.max_elapsed={self.retry.max_elapsed:g} s")
+            return self._give_up(request, outcome, attempt, why)
+        if run_left is not None and wait >= run_left:  # sleeping to the deadline would only fail there
+            why = self._too_long(outcome, wait, run_left, MAX_SECONDS)
+            return self._give_up(request, outcome, attempt, why, cls=DeadlineReached)
         return wait
 
-    def _too_long(self, outcome: _Outcome, wait: float, left: float) -> str:
+    def _too_long(self, outcome: Outcome, wait: float, left: float, budget: str) -> str:
         asker = "Retry-After" if outcome.retry_after is not None else "the backoff"
-        return (
-            f"; {asker} asks to wait {wait:g} s, more than the {max(left, 0):g} s left"
-            f" of retry.max_elapsed={self.retry.max_elapsed:g} s"
-        )
+        return f"; {asker} asks to wait {wait:g} s, more than the {max(left, 0):g} s left of {budget}"
 
-    def _retryable(self, outcome: _Outcome, idempotent: bool) -> bool:
+    def _retryable(self, outcome: Outcome, idempotent: bool) -> bool:
         if outcome.error is not None:
             allowed = RETRYABLE_ERRORS if idempotent else UNSENT_ERRORS
             return isinstance(outcome.error, allowed) and not is_tls_failure(outcome.error)
@@ -251,68 +279,73 @@ class HttpClient:
 
     # --- one attempt ------------------------------------------------------------
 
-    def _build(self, spec: _RequestSpec, auth: Authenticator | None) -> httpx.Request:
-        headers, params = dict(spec.headers), dict(spec.params)
-        if auth is not None:
-            auth.apply(headers, params)
+    def _build(self, spec: _RequestSpec, credentials: Credentials | None) -> httpx.Request:
+        headers = dict(spec.headers)
         body = {} if spec.json is UNSET else {"json": spec.json}
         try:
+            url = with_query(httpx.URL(spec.url), spec.params)
+            if credentials is not None:
+                url = credentials.add(url, headers)
             return self._http.build_request(
-                spec.method, spec.url, params=params or None, headers=headers, data=spec.data,
-                **body,
+                spec.method, url, headers=headers, data=spec.data, timeout=self._timeouts(), **body,
             )
         except httpx.InvalidURL as exc:
             message = f"invalid URL: {log.redact(str(exc))}"
             raise FetchError(message, method=spec.method, path=safe_path(spec.url)) from exc
+        except UnicodeEncodeError:
+            # from None: the encode error holds the whole header value, which may be a secret
+            raise FetchError(
+                _unsendable(headers), method=spec.method, path=safe_path(spec.url)
+            ) from None
 
-    def _attempt(self, request: httpx.Request) -> _Outcome:
-        if self._limiter is not None:
-            self._limiter.acquire()
+    def _timeouts(self) -> httpx.Timeout | Any:
+        """The configured timeouts, each cut to what is left of the run (httpx's default: the client's)."""
+        left = self._run_left()
+        if left is None:
+            return httpx.USE_CLIENT_DEFAULT
+        left = max(left, 0.001)
+        t = self.timeout
+        return httpx.Timeout(
+            connect=min(t.connect, left), read=min(t.read, left),
+            write=min(t.write, left), pool=min(t.pool, left),
+        )
+
+    def _attempt(self, request: httpx.Request, credentials: Credentials | None) -> Outcome:
+        self._wait_for_slot(request)
         self._count(retry=False)
-        self._log_headers("http.request.headers", request, request.headers)
+        log_headers(self._logger, "http.request.headers", request, request.headers)
         started = self._clock()
         try:
-            outcome = self._exchange(request)
+            outcome = self._wire.exchange(request, credentials=credentials, deadline=self.deadline)
         except httpx.TransportError as exc:
-            outcome = _Outcome(error=exc)
+            outcome = Outcome(error=exc)
         except httpx.HTTPError as exc:  # too many redirects, undecodable body: no retry fixes them
             message = f"request failed: {type(exc).__name__}: {log.redact(str(exc))}"
             raise fetch_error(request, message) from exc
         outcome.elapsed = self._clock() - started
         return outcome
 
-    def _exchange(self, request: httpx.Request) -> _Outcome:
-        response = self._http.send(request, stream=True)
-        try:
-            self._log_headers("http.response.headers", request, response.headers)
-            status = response.status_code
-            if status >= 400:
-                wait = retry_after(response, self._wall_clock)
-                return _Outcome(status=status, detail=excerpt(response), retry_after=wait)
-            if not self._read_capped(response):
-                message = f"response body over {self.max_response_bytes} bytes"
-                failure = fetch_error(request, message, status=status, cls=ResponseError)
-                return _Outcome(status=status, failure=failure)
-            return _Outcome(status=status, response=response)
-        finally:
-            response.close()
+    def _wait_for_slot(self, request: httpx.Request) -> None:
+        """Wait for the rate limit's slot; refuse at once what the run's deadline rules out."""
+        left = self._run_left()
+        if left is not None and left <= 0:
+            message = f"{MAX_SECONDS} ran out before this request was sent"
+            raise fetch_error(request, message, cls=DeadlineReached)
+        if self._limiter is not None and not self._limiter.acquire(deadline=self.deadline):
+            message = (
+                f"rate_limit allows one request every {self._limiter.interval:g} s and the next"
+                f" slot lies past the end of {MAX_SECONDS} ({left:g} s left); not waiting for it"
+            )
+            raise fetch_error(request, message, cls=DeadlineReached)
 
-    def _read_capped(self, response: httpx.Response) -> bool:
-        """Read the body unless it passes the cap (then stop early and return False)."""
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                return False
-            chunks.append(chunk)
-        response._content = b"".join(chunks)  # what Response.read() does, minus the cap
-        return True
+    def _run_left(self) -> float | None:
+        """Seconds left before the run's deadline; None without one."""
+        return None if self.deadline is None else self.deadline - self._clock()
 
     # --- errors, logs, counters ---------------------------------------------------
 
     def _finalfetch_error(
-        self, request: httpx.Request, outcome: _Outcome, idempotent: bool
+        self, request: httpx.Request, outcome: Outcome, idempotent: bool
     ) -> FetchError:
         if outcome.error is not None:
             message = f"request failed: {describe(outcome.error)}"
@@ -331,15 +364,16 @@ class HttpClient:
         return fetch_error(request, message, status=outcome.status, detail=outcome.detail)
 
     def _give_up(
-        self, request: httpx.Request, outcome: _Outcome, attempt: int, why: str
+        self, request: httpx.Request, outcome: Outcome, attempt: int, why: str,
+        cls: type[FetchError] = FetchError,
     ) -> FetchError:
         last = f"error {describe(outcome.error)}" if outcome.error else f"status {outcome.status}"
         plural = "attempt" if attempt == 1 else "attempts"
         message = f"gave up after {attempt} {plural}: last {last}{why}"
-        return fetch_error(request, message, status=outcome.status, detail=outcome.detail)
+        return fetch_error(request, message, status=outcome.status, detail=outcome.detail, cls=cls)
 
     def _log_attempt(
-        self, request: httpx.Request, outcome: _Outcome, attempt: int, retry_in: float | None = None
+        self, request: httpx.Request, outcome: Outcome, attempt: int, retry_in: float | None = None
     ) -> None:
         if not self._logger.isEnabledFor(logging.INFO):
             return
@@ -353,17 +387,6 @@ class HttpClient:
         if retry_in is not None:
             fields["retry_in_ms"] = round(retry_in * 1000)
         log.event(self._logger, "http.request", **fields)
-
-    def _log_headers(self, name: str, request: httpx.Request, headers: httpx.Headers) -> None:
-        if self._logger.isEnabledFor(logging.DEBUG):
-            log.event(
-                self._logger,
-                name,
-                level=logging.DEBUG,
-                method=request.method,
-                path=log.redact_url(request.url),
-                headers=log.redact_headers(headers.multi_items()),
-            )
 
     def _count(self, *, retry: bool) -> None:
         with self._counter_lock:
@@ -395,7 +418,7 @@ def _is_idempotent(request: httpx.Request) -> bool:
 
 
 def _may_refresh(
-    outcome: _Outcome, auth: Authenticator | None, request: httpx.Request
+    outcome: Outcome, auth: Authenticator | None, request: httpx.Request
 ) -> bool:
     """A 401 with a refreshable credential: drop it so that the next attempt fetches anew."""
     return outcome.status == 401 and auth is not None and auth.refresh(request)
@@ -403,3 +426,10 @@ def _may_refresh(
 
 def _wait_or_none(verdict: float | FetchError) -> float | None:
     return None if isinstance(verdict, FetchError) else verdict
+
+
+def _unsendable(headers: Mapping[str, str]) -> str:
+    """Which header httpx could not encode, by name: its value may be a secret."""
+    names = [name for name, value in headers.items() if not (str(name) + str(value)).isascii()]
+    which = f"the header {names[0]!r}" if names else "a header"
+    return f"{which} contains characters that cannot go in an HTTP header (HTTP headers carry ASCII only)"

@@ -3,6 +3,8 @@
 The client (`runner.http.client`) decides what to do about a failure; this module
 only reads what the response says and words the error, every part of it
 redacted (a secret in a URL query, a body or an exception's text becomes `***`).
+`DeadlineReached` is the FetchError of a request that the run's
+`limits.max_seconds` cut short, so that a caller can tell it from a failure.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import ssl
+import time
 from collections.abc import Callable
 
 import httpx
@@ -30,6 +33,10 @@ EXCERPT_BYTES = 4096
 DETAIL_CHARS = 200
 
 
+class DeadlineReached(FetchError):
+    """The run's `limits.max_seconds` ran out inside a request, a retry wait or a rate-limit wait."""
+
+
 def retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> float | None:
     """Seconds asked by a Retry-After header (delta-seconds or HTTP date), if any."""
     value = response.headers.get("Retry-After", "").strip()
@@ -48,12 +55,18 @@ def retry_after(response: httpx.Response, wall_clock: Callable[[], float]) -> fl
     return max(0.0, when.timestamp() - wall_clock())
 
 
-def excerpt(response: httpx.Response) -> str:
-    """A short, redacted, one-line excerpt of an error body (read no further than needed)."""
+def excerpt(
+    response: httpx.Response, *, until: float | None = None, clock: Callable[[], float] = time.monotonic
+) -> str:
+    """A short, redacted, one-line excerpt of an error body (read no further than needed).
+
+    Reading stops at `until` (a `clock()` time) too: an error body that trickles
+    must not hold the run; what arrived by then is the excerpt.
+    """
     data = b""
     for chunk in response.iter_bytes():
         data += chunk
-        if len(data) >= EXCERPT_BYTES:
+        if len(data) >= EXCERPT_BYTES or (until is not None and clock() >= until):
             break
     text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", errors="replace").split())
     return log.redact(text)[:DETAIL_CHARS]

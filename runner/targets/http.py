@@ -89,6 +89,7 @@ class HttpTargetWriter:
             transport=transport,
             sleep=sleep,
             logger_name="runner.http.target",
+            origin=self._base_url,  # credentials go to base_url's origin (and auth.hosts) only
         )
 
     @property
