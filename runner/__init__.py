@@ -15,16 +15,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.load.apply import Counts
     from runner.config import load_pipeline
-    from runner.engine import RunResult, StopFlag, run
+    from runner.engine import StopFlag, run
+    from runner.result import Counts, RunResult
     from runner.errors import ConfigError, EtlError
 
 _EXPORTS = {
     "ConfigError": "runner.errors",
-    "Counts": "runner.load.apply",
+    "Counts": "runner.result",
     "EtlError": "runner.errors",
-    "RunResult": "runner.engine",
+    "RunResult": "runner.result",
     "StopFlag": "runner.engine",
     "load_pipeline": "runner.config",
     "run": "runner.engine",

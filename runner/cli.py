@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import click
 
 from runner import __version__, config, engine, log
-from runner.load.apply import Counts
+from runner.result import Counts
 from runner.errors import ConfigError, EtlError, Problem
 from runner.model import Pipeline, Secret, StateConfig
 from runner.state import open_store

@@ -1,10 +1,15 @@
 """run(): fetch -> map -> upsert -> checkpoint, page by page, and the counts.
 
-Per page: map its records, look up their state in one query, write the
-changes to the target in one commit, then commit hashes, failures and the
-checkpoint to the state store in one transaction. State moves only after the
-data is committed, so a replayed page is harmless: upserts are idempotent and
-unchanged records are skipped by hash.
+Per page: map its records (`load.plan`), hand the plan to an applier
+(`load.applier`: inline, or the writer process), which diffs it against the
+state store, writes the changes to the target in one commit, then commits
+hashes, failures and the checkpoint in one transaction. State moves only
+after the data is committed, so a replayed page is harmless: upserts are
+idempotent and unchanged records are skipped by hash.
+
+A run that fails anywhere stops every other part at once: waits for a
+Retry-After or the rate limit end, and the pages in flight are abandoned;
+what was handed to the applier is still committed in order.
 """
 
 from __future__ import annotations
@@ -14,27 +19,33 @@ import os
 import sys
 import threading
 import time
+import traceback
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 import httpx
 
 from runner import log
-from runner.http.client import HttpClient
-from runner.load.apply import Counts
-from runner.load.plan import Checkpoint, Committer, RunState
 from runner.config import load_pipeline
 from runner.errors import EtlError, Interrupted
-from runner.load.watermark import Watermark
-from runner.model import Pipeline, PostgresTarget, SqliteTarget
 from runner.extract.prefetch import prefetch
 from runner.extract.reader import SourceReader
+from runner.http.client import HttpClient
+from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUnavailable
+from runner.load.apply import PageResult
+from runner.load.plan import Checkpoint, Planner
+from runner.load.process import Setup
+from runner.load.watermark import IncrementalCursor
+from runner.model import Pipeline, PostgresTarget, SqliteTarget
+from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
 from runner.targets import Target, dry_run_target, open_target
-from runner.load.process import Setup, WriterProcess
+
+__all__ = ["Counts", "RunResult", "StopFlag", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +55,7 @@ logger = logging.getLogger(__name__)
 PREFETCH_PAGES = 2
 WRITE_BEHIND_PAGES = 4
 
-Progress = Callable[["Counts", int, float], None]
+Progress = Callable[[Counts, int, float], None]
 
 
 class StopFlag(threading.Event):
@@ -57,30 +68,8 @@ class StopFlag(threading.Event):
         self.set()
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """What a run did; `exit_code` is what `etl run` exits with."""
-
-    run_id: str
-    pipeline: str
-    status: str  # success | partial | failed | interrupted
-    counts: Counts
-    pages: int = 0
-    requests: int = 0
-    retries: int = 0
-    elapsed_ms: int = 0
-    stopped_by: str | None = None
-    dry_run: bool = False
-    resumed: bool = False
-    error: str | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return {"success": 0, "partial": 3, "failed": 1, "interrupted": 130}[self.status]
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k != "counts"}
-        return {**data, **asdict(self.counts)}
+class _Halted(EtlError):
+    """Raised in a wait that the run ended: another part of the run failed first."""
 
 
 def run(
@@ -106,209 +95,269 @@ def run(
         pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
     log.add_secrets(pipeline.secrets)
     run_id = uuid.uuid4().hex[:12]
+    started = time.monotonic()
     with log.run_context(run_id=run_id, pipeline=pipeline.name):
-        store = open_store(pipeline.state, read_only=dry_run)
+        try:
+            store = open_store(pipeline.state, read_only=dry_run)
+        except EtlError as exc:
+            raise _unstarted(exc, run_id, pipeline.name, dry_run, started) from None
         try:
             with store.lock(pipeline.name, run_id):
-                return _locked_run(
-                    pipeline, store, run_id,
-                    dry_run=dry_run, full_refresh=full_refresh, restart=restart,
-                    transport=transport, sleep=sleep, stdout=stdout or sys.stdout,
-                    stop=stop or StopFlag(), on_progress=on_progress,
-                )
+                options = _Options(dry_run, full_refresh, restart, transport, sleep, stdout or sys.stdout)
+                return _Run(pipeline, store, run_id, options, stop or StopFlag(), on_progress, started).execute()
+        except EtlError as exc:
+            if exc.result is None:  # the lock, or the store before the run began
+                raise _unstarted(exc, run_id, pipeline.name, dry_run, started) from None
+            raise
         finally:
             store.close()
 
 
-def _locked_run(
-    pipeline: Pipeline, store: StateStore, run_id: str, *, dry_run: bool, full_refresh: bool,
-    restart: bool, transport: httpx.BaseTransport | None, sleep: Callable[[float], None],
-    stdout: IO[str], stop: StopFlag, on_progress: Progress | None,
-) -> RunResult:
-    started = time.monotonic()
-    checkpoint = None if (restart or full_refresh) else _load_checkpoint(store, pipeline.name)
-    source = pipeline.source
-    sleep = _interruptible(sleep, stop)
-    client = HttpClient(
-        timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
-        headers=source.headers, max_response_bytes=source.max_response_bytes,
-        transport=transport, sleep=sleep,
-    )
-    record = RunRecord(run_id=run_id, started_at=_now())
-    state: RunState | None = None
-    reader: SourceReader | None = None
-    error: EtlError | None = None
-    # started first, so that its start-up overlaps with opening the target and the first fetch
-    writer = None if dry_run else _start_writer(pipeline, run_id, checkpoint.dumps() if checkpoint else None)
-    try:
-        target = dry_run_target(stdout) if dry_run else _open_target(pipeline, transport, sleep)
-        state = RunState(pipeline, store, target)
-        params = _base_params(pipeline, store, full_refresh)
-        state.watermark = _tracker(pipeline, checkpoint)
-        if checkpoint is not None:
-            state.pages = state.planned = checkpoint.pages
-            state.checkpoint = checkpoint.dumps()
-            log.event(logger, "run.resumed", level=logging.WARNING, from_page=checkpoint.pages + 1)
-        store.start_run(pipeline.name, record)
-        reader = SourceReader(
-            source=source, send=client.send, params=params,
-            start=checkpoint.next if checkpoint else None,
-        )
-        _pump(state, reader, writer, stop=stop, on_progress=on_progress, started=started)
-    except EtlError as exc:
-        error = exc
-    finally:
-        client.close()
-        if writer is not None:
-            writer.close()
-    return _finish(
-        pipeline, store, record, state, reader, client, error,
-        dry_run=dry_run, resumed=checkpoint is not None, started=started,
-    )
+class _Options:
+    """How `run()` was asked to run; fixed for the run."""
+
+    __slots__ = ("dry_run", "full_refresh", "restart", "sleep", "stdout", "transport")
+
+    def __init__(
+        self, dry_run: bool, full_refresh: bool, restart: bool, transport: httpx.BaseTransport | None,
+        sleep: Callable[[float], None], stdout: IO[str],
+    ) -> None:
+        self.dry_run, self.full_refresh, self.restart = dry_run, full_refresh, restart
+        self.transport, self.sleep, self.stdout = transport, sleep, stdout
 
 
-def _pump(
-    state: RunState, reader: SourceReader, writer: WriterProcess | None, *, stop: StopFlag,
-    on_progress: Progress | None, started: float,
-) -> None:
-    """Pages from the reader (fetched ahead) through the committer (applied inline or in
-    the writer process, which commits behind the pages being fetched and mapped)."""
+class _Run:
+    """One run of one pipeline, holding its lock: its parts, its bookkeeping, its end."""
 
-    def committed() -> None:
-        if on_progress is not None:
-            on_progress(state.counts, state.pages, time.monotonic() - started)
+    def __init__(
+        self, pipeline: Pipeline, store: StateStore, run_id: str, options: _Options, stop: StopFlag,
+        on_progress: Progress | None, started: float,
+    ) -> None:
+        self.pipeline, self.store, self.options, self.stop = pipeline, store, options, stop
+        self.on_progress, self.started = on_progress, started
+        self.record = RunRecord(run_id=run_id, started_at=now_iso())
+        self.halt = threading.Event()  # set when any part fails: every wait ends
+        self.counts = Counts()
+        self.pages = 0  # pages committed (numbered on from a checkpoint)
+        self.checkpoint = self._checkpoint()
+        self.cursor = self._cursor()
+        self.client: HttpClient | None = None
+        self.reader: SourceReader | None = None
+        self.applier: Applier | None = None
+        self.target: Target | None = None  # opened in this process (the http target counts its requests)
 
-    try:
-        committer = Committer(state, channel=writer, depth=WRITE_BEHIND_PAGES, on_commit=committed)
+    # --- the run ----------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        error: EtlError | None = None
         try:
-            for page in prefetch(reader.pages(), depth=PREFETCH_PAGES):
-                committer.submit(page)
-                if stop.is_set():
-                    break
+            self._open()
+            self._pump()
+        except EtlError as exc:
+            error = exc
+        except Exception as exc:  # a bug: one line for the user, the traceback at debug level
+            log.event(logger, "run.bug", level=logging.DEBUG, traceback=traceback.format_exc())
+            error = EtlError(f"unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)")
         finally:
-            committer.close()
-        if stop.is_set():
-            raise Interrupted(stop.reason)
-    finally:
-        state.target.close()
+            self.halt.set()
+            error = self._close(error)
+        return self._finish(error)
 
+    def _open(self) -> None:
+        """The client, the applier (which opens the target, or starts the writer), the run row, the reader."""
+        pipeline, source = self.pipeline, self.pipeline.source
+        self.client = HttpClient(
+            timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
+            headers=source.headers, max_response_bytes=source.max_response_bytes,
+            transport=self.options.transport, sleep=self._wait,
+        )
+        self.applier = self._applier()
+        if self.checkpoint is not None:
+            self.pages = self.checkpoint.pages
+            log.event(logger, "run.resumed", level=logging.WARNING, from_page=self.checkpoint.pages + 1)
+        self.store.start_run(pipeline.name, self.record)
+        params = self.cursor.params(source.params) if self.cursor else dict(source.params)
+        self.reader = SourceReader(
+            source=source, send=self.client.send, params=params,
+            start=self.checkpoint.next if self.checkpoint else None,
+        )
 
-def _start_writer(pipeline: Pipeline, run_id: str, committed: str | None) -> WriterProcess | None:
-    """The writer process for a database target, or None to apply inline: the http
-    target (an update needs the id its create returned), jsonl, or ETL_WRITER=inline."""
-    if not isinstance(pipeline.target, (SqliteTarget, PostgresTarget)):
-        return None
-    if os.environ.get("ETL_WRITER", "process") == "inline":
-        return None
-    setup = Setup(
-        pipeline.name, pipeline.target, pipeline.state, pipeline.mapping.names,
-        committed, os.getpid(), run_id, pipeline.secrets, log.settings(),
-    )
-    try:
-        return WriterProcess(setup)
-    except OSError as exc:
-        log.event(logger, "writer.inline", level=logging.WARNING, reason=f"cannot start the writer process: {exc}")
-        return None
+    def _pump(self) -> None:
+        """Pages from the reader (fetched ahead) through the planner to the applier."""
+        assert self.reader is not None and self.applier is not None
+        planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages)
+        pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES)
+        with closing(pages):
+            try:
+                for page in pages:
+                    self.applier.submit(planner.plan(page))
+                    if self.stop.is_set():
+                        break
+            except BaseException:
+                self.halt.set()  # before the pages are closed: their waits end now
+                raise
+        applier, self.applier = self.applier, None
+        applier.close()
+        if self.stop.is_set():
+            raise Interrupted(self.stop.reason)
 
+    def _close(self, error: EtlError | None) -> EtlError | None:
+        """Close what is open; a failure here never hides the run's first error."""
+        for close in (self._close_applier, self._close_client):
+            try:
+                close()
+            except EtlError as exc:
+                error = error or exc
+            except OSError as exc:
+                error = error or EtlError(f"closing the run: {exc}")
+        return error
 
-def _interruptible(sleep: Callable[[float], None], stop: StopFlag) -> Callable[[float], None]:
-    """Retry and rate-limit waits end at once when a signal arrives, so a stop never waits
-    out a long Retry-After; the fetch then fails with Interrupted and nothing is lost."""
+    def _close_applier(self) -> None:
+        applier, self.applier = self.applier, None
+        if applier is not None:
+            applier.close()
 
-    def wait(seconds: float) -> None:
+    def _close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    # --- parts --------------------------------------------------------------------
+
+    def _applier(self) -> Applier:
+        """The writer process for a database target, else (or when it cannot start) inline."""
+        pipeline, committed = self.pipeline, self.checkpoint.dumps() if self.checkpoint else None
+        if self.options.dry_run:
+            target = dry_run_target(self.options.stdout)
+            return InlineApplier(
+                pipeline.name, self.store, target, pipeline.mapping.names, committed=committed,
+                on_committed=self._committed,
+            )
+        if _wants_writer(pipeline):
+            setup = Setup(
+                pipeline.name, pipeline.target, pipeline.state, pipeline.mapping.names,  # type: ignore[arg-type]
+                committed, os.getpid(), self.record.run_id, pipeline.secrets, log.settings(),
+            )
+            try:
+                return ProcessApplier(
+                    setup, depth=WRITE_BEHIND_PAGES, on_committed=self._committed,
+                    fallback=lambda: self._inline(committed),
+                )
+            except WriterUnavailable as exc:
+                log.event(logger, "writer.inline", level=logging.WARNING, reason=str(exc))
+        return self._inline(committed)
+
+    def _inline(self, committed: str | None) -> InlineApplier:
+        pipeline = self.pipeline
+        self.target = open_target(
+            pipeline.target, fields=pipeline.mapping.names, pipeline=pipeline.name,
+            transport=self.options.transport, sleep=self._wait,
+        )
+        return InlineApplier(
+            pipeline.name, self.store, self.target, pipeline.mapping.names, committed=committed,
+            on_committed=self._committed,
+        )
+
+    def _checkpoint(self) -> Checkpoint | None:
+        if self.options.restart or self.options.full_refresh:
+            return None
+        text = self.store.checkpoint(self.pipeline.name)
+        return None if text is None else Checkpoint.loads(text)
+
+    def _cursor(self) -> IncrementalCursor | None:
+        spec = self.pipeline.source.incremental
+        if spec is None:
+            return None
+        saved = None if self.options.full_refresh else self.store.watermark(self.pipeline.name)
+        resumed = self.checkpoint.watermark if self.checkpoint is not None else None
+        return IncrementalCursor(spec, saved=saved, resumed_from=resumed)
+
+    def _committed(self, result: PageResult) -> None:
+        """A page (or a batch) is committed: count it, hold the watermark back for the
+        records the target refused, tell the progress line."""
+        self.pages = result.last_page
+        self.counts.add(result.counts)
+        if self.cursor is not None:
+            for value in result.failed_cursors:
+                self.cursor.hold_back(value)
+        log.event(
+            logger, "page.committed", level=logging.DEBUG, page=result.last_page, records=result.records,
+            writes=result.writes, failed=result.counts.failed,
+        )
+        if self.on_progress is not None:
+            self.on_progress(self.counts, self.pages, time.monotonic() - self.started)
+
+    def _wait(self, seconds: float) -> None:
+        """Retry and rate-limit waits end at once when a signal arrives or the run fails
+        elsewhere, so neither waits out a long Retry-After."""
+        sleep, stop, halt = self.options.sleep, self.stop, self.halt
         if sleep is time.sleep:
-            stopped = stop.wait(seconds)
+            deadline = time.monotonic() + seconds
+            while not (stop.is_set() or halt.is_set()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                stop.wait(min(left, 0.05))
         else:
             sleep(seconds)
-            stopped = stop.is_set()
-        if stopped:
+        if stop.is_set():
             raise Interrupted(stop.reason)
+        if halt.is_set():
+            raise _Halted("the run is ending")
 
-    return wait
+    # --- the end ------------------------------------------------------------------
+
+    def _finish(self, error: EtlError | None) -> RunResult:
+        status = _status(error, self.counts)
+        result = self._result(status, error)
+        record = self.record
+        record.status, record.finished_at = status, now_iso()
+        record.counts = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline", "status")}
+        done = status in ("success", "partial")
+        saved = self.cursor.to_save() if done and self.cursor is not None else None
+        self.store.finish_run(self.pipeline.name, record, watermark=saved, clear_checkpoint=done)
+        fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
+        if fields["error"] is None:
+            del fields["error"]
+        log.event(logger, "run.summary", level=logging.INFO if done else logging.ERROR, **fields)
+        if error is not None:
+            error.result = result
+            raise error
+        return result
+
+    def _result(self, status: RunStatus, error: EtlError | None) -> RunResult:
+        client, target = self.client, self.target
+        return RunResult(
+            run_id=self.record.run_id, pipeline=self.pipeline.name, status=status, counts=self.counts,
+            pages=self.pages,
+            requests=(client.requests if client else 0) + int(getattr(target, "requests", 0)),
+            retries=(client.retries if client else 0) + int(getattr(target, "retries", 0)),
+            elapsed_ms=int((time.monotonic() - self.started) * 1000),
+            stopped_by=self.reader.stopped_by if self.reader else None,
+            dry_run=self.options.dry_run, resumed=self.checkpoint is not None,
+            error=log.redact(str(error)) if error else None,
+            exit_code=_exit_code(error, self.counts),
+        )
 
 
-def _open_target(pipeline: Pipeline, transport: httpx.BaseTransport | None, sleep: Callable[[float], None]) -> Target:
-    return open_target(pipeline.target, fields=pipeline.mapping.names, pipeline=pipeline.name, transport=transport, sleep=sleep)
+def _wants_writer(pipeline: Pipeline) -> bool:
+    """A database target is written by the writer process, unless ETL_WRITER=inline; the
+    http target (an update needs the id its create returned) and jsonl are written inline."""
+    if not isinstance(pipeline.target, (SqliteTarget, PostgresTarget)):
+        return False
+    return os.environ.get("ETL_WRITER", "process") != "inline"
 
 
-def _load_checkpoint(store: StateStore, name: str) -> Checkpoint | None:
-    text = store.checkpoint(name)
-    return None if text is None else Checkpoint.loads(text)
-
-
-def _base_params(pipeline: Pipeline, store: StateStore, full_refresh: bool) -> dict[str, Any]:
-    """The source's params, plus the saved watermark (or initial value) as the incremental param."""
-    params = dict(pipeline.source.params)
-    incremental = pipeline.source.incremental
-    if incremental is not None:
-        value = None if full_refresh else store.watermark(pipeline.name)
-        if value is None:
-            value = incremental.initial_value
-        if value is not None:
-            params[incremental.param] = value
-    return params
-
-
-def _tracker(pipeline: Pipeline, checkpoint: Checkpoint | None) -> Watermark | None:
-    if pipeline.source.incremental is None:
-        return None
-    tracker = Watermark()
-    if checkpoint is not None and checkpoint.watermark is not None:
-        tracker.observe(checkpoint.watermark)
-    return tracker
-
-
-def _finish(
-    pipeline: Pipeline, store: StateStore, record: RunRecord, state: RunState | None,
-    reader: SourceReader | None, client: HttpClient, error: EtlError | None, *,
-    dry_run: bool, resumed: bool, started: float,
-) -> RunResult:
-    counts = state.counts if state else Counts()
-    status = _status(error, counts)
-    result = RunResult(
-        run_id=record.run_id, pipeline=pipeline.name, status=status, counts=counts,
-        pages=state.pages if state else 0,
-        requests=client.requests + _target_count(state, "requests"),
-        retries=client.retries + _target_count(state, "retries"),
-        elapsed_ms=int((time.monotonic() - started) * 1000),
-        stopped_by=reader.stopped_by if reader else None, dry_run=dry_run, resumed=resumed,
-        error=log.redact(str(error)) if error else None,
+def _unstarted(error: EtlError, run_id: str, pipeline: str, dry_run: bool, started: float) -> EtlError:
+    """An error before the run began (opening the store, the lock) with its result attached."""
+    error.result = RunResult(
+        run_id=run_id, pipeline=pipeline, status="failed", counts=Counts(), dry_run=dry_run,
+        elapsed_ms=int((time.monotonic() - started) * 1000), error=log.redact(str(error)),
+        exit_code=error.exit_code,
     )
-    record.status, record.finished_at = status, _now()
-    record.counts = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline", "status")}
-    done = status in ("success", "partial")
-    store.finish_run(
-        pipeline.name, record,
-        watermark=_new_watermark(state) if done else None, clear_checkpoint=done,
-    )
-    fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
-    if fields["error"] is None:
-        del fields["error"]
-    level = logging.INFO if done else logging.ERROR
-    log.event(logger, "run.summary", level=level, **fields)
-    if error is not None:
-        if isinstance(error, Interrupted) is False and status == "interrupted":
-            error = Interrupted()
-        error.result = result  # type: ignore[attr-defined]
-        raise error
-    return result
+    return error
 
 
-def _target_count(state: RunState | None, name: str) -> int:
-    """Requests (or retries) an http target made; other targets make none."""
-    return int(getattr(state.target, name, 0)) if state is not None else 0
-
-
-def _new_watermark(state: RunState | None) -> Any:
-    """The greatest cursor value seen, held back to the earliest failed record's value."""
-    if state is None or state.watermark is None:
-        return None
-    if state.first_failed is not None and state.first_failed.value is not None:
-        return state.watermark.lesser(state.first_failed.value)
-    return state.watermark.value
-
-
-def _status(error: EtlError | None, counts: Counts) -> str:
+def _status(error: EtlError | None, counts: Counts) -> RunStatus:
     if isinstance(error, Interrupted):
         return "interrupted"
     if error is not None:
@@ -316,5 +365,12 @@ def _status(error: EtlError | None, counts: Counts) -> str:
     return "partial" if counts.failed else "success"
 
 
-def _now() -> str:
+def _exit_code(error: EtlError | None, counts: Counts) -> int:
+    if error is not None:
+        return error.exit_code
+    return 3 if counts.failed else 0
+
+
+def now_iso() -> str:
+    """Now, as ISO-8601 UTC with milliseconds (run rows)."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -5,26 +5,35 @@
     ├── FetchError                the source or an HTTP target could not be read/written
     │   ├── ResponseError         a response came back but cannot be used (body, records type)
     │   └── PaginationLoopError   a next URL or cursor was seen twice in one run
-    ├── MappingError              a record could not be mapped (kept as a failed record)
     ├── TargetError               the target refused a write (disk full, read-only, SQL)
     ├── StateError                the state store cannot be read or written
     │   └── LockError             exit 4: another run holds the pipeline's lock
     └── Interrupted               exit 130/143: SIGINT or SIGTERM stopped the run
 
 Each carries its context (file, line, key path, method, redacted URL path,
-status) so that the message says what, where and what to do.
+status) so that the message says what, where and what to do. An error that
+ends a run carries the run's `result` (a RunResult: its counts so far); a
+record that cannot be mapped is no error here: it is kept as a failed record.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from runner.result import RunResult
+    from runner.targets.base import WriteResult
 
 
 class EtlError(Exception):
     """Root of every error the engine raises on purpose."""
 
     exit_code: int = 1
+    result: RunResult | None = None  # set on the error that ends a run: what the run did
+    # set by a target whose page failed part-way: what it did write (the http target's new
+    # ids), so that the next run updates those objects instead of creating them again
+    partial: WriteResult | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -100,10 +109,6 @@ class ResponseError(FetchError):
 
 class PaginationLoopError(FetchError):
     """The API handed back a next URL or cursor that this run already requested."""
-
-
-class MappingError(EtlError):
-    """A record could not be mapped; the engine keeps it as a failed record."""
 
 
 class TargetError(EtlError):

@@ -10,7 +10,8 @@ from typing import Any, Sequence
 
 import pytest
 
-from runner.load.apply import Counts, PagePlan, apply_plans
+from runner.load.apply import PagePlan, apply_plans
+from runner.result import Counts
 from runner.load.contenthash import RecordHasher
 from runner.errors import TargetError
 from runner.model import SqliteTarget
@@ -59,7 +60,7 @@ def test_a_batch_counts_as_its_pages_one_by_one_and_writes_each_key_once(store: 
     result = apply_plans("p", store, target, HASHER, pages, committed=None)
     c = result.counts
     assert (c.processed, c.created, c.updated, c.skipped, c.failed) == (4, 2, 1, 1, 0)
-    assert (result.number, result.pages, result.records, result.writes) == (3, 3, 4, 2)
+    assert (result.last_page, result.pages, result.records, result.writes) == (3, 3, 4, 2)
     (written,) = target.pages
     assert sorted((w.op, w.external_id, w.record["name"]) for w in written) == [("create", "x", "Ada L."), ("create", "y", "Bo")]
     states = store.key_states("p", ["x", "y"])

@@ -29,7 +29,8 @@ import pytest
 
 from conftest import whole, write_pipeline_file
 from runner.dev.demo_api import DemoApi
-from runner.engine import WRITE_BEHIND_PAGES, RunResult, StopFlag, run
+from runner.engine import WRITE_BEHIND_PAGES, StopFlag, run
+from runner.result import RunResult
 from runner.errors import Interrupted
 from runner.model import Secret, StateConfig
 from runner.state import open_store

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import whole, write_pipeline_file
 from runner.dev.demo_api import DemoApi
-from runner.engine import RunResult, StopFlag, run
+from runner.engine import StopFlag, run
+from runner.result import RunResult
 from runner.errors import FetchError, Interrupted
 from runner.state.sqlite import SqliteStateStore
 

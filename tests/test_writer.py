@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from conftest import write_pipeline_file
-from runner.load.apply import Counts, PagePlan, PageResult
+from runner.load.apply import PagePlan, PageResult
+from runner.result import Counts
 from runner.engine import run
 from runner.errors import EtlError, TargetError
 from runner.model import SqliteTarget, StateConfig
@@ -199,12 +200,12 @@ def test_ctrl_c_right_after_the_writer_starts_still_ends_interrupted(tmp_path: P
     api = demo_api(20000, latency_ms=50)
     path = write_pipeline(tmp_path, api.base_url)
     code = (
-        "import sys, runner.cli, runner.load.process\n"
-        "class Told(runner.load.process.subprocess.Popen):\n"
+        "import sys, runner.cli, runner.load.applier\n"
+        "class Told(runner.load.applier.subprocess.Popen):\n"
         "    def __init__(self, *a, **k):\n"
         "        super().__init__(*a, **k)\n"
         "        print('spawned', flush=True, file=sys.stderr)\n"
-        "runner.load.process.subprocess.Popen = Told\n"
+        "runner.load.applier.subprocess.Popen = Told\n"
         f"sys.argv = ['etl', 'run', {str(path)!r}]\n"
         "runner.cli.entry()\n"
     )
@@ -264,7 +265,7 @@ def test_plans_already_waiting_are_applied_as_one_batch(tmp_path: Path) -> None:
     thread.join(10)
     ready, (kind, result) = answers
     assert ready == ("ready", None) and kind == "page" and isinstance(result, PageResult)
-    assert (result.pages, result.number, result.counts.created, result.checkpoint) == (3, 3, 30, '{"page": 4}')
+    assert (result.pages, result.last_page, result.counts.created, result.last_checkpoint) == (3, 3, 30, '{"page": 4}')
     assert rows(tmp_path) == 30 and saved(tmp_path) == (30, '{"page": 4}')
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from typing import Iterator, TypeVar
+from collections.abc import Generator, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -25,7 +26,7 @@ class _Failure:
         self.error = error
 
 
-def prefetch(source: Iterator[T], *, depth: int = 2) -> Iterator[T]:
+def prefetch(source: Iterator[T], *, depth: int = 2) -> Generator[T, None, None]:
     """Yield what `source` yields, produced up to `depth` items ahead in a thread."""
     items: queue.Queue[object] = queue.Queue(maxsize=depth)
     closed = threading.Event()

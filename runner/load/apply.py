@@ -1,36 +1,33 @@
-"""Applying a planned page: diff it against the state store, write the target, commit the state.
+"""Applying planned pages: diff them against the state store, write the target, commit the state.
 
 This is the part of a run that talks to the target and the state store; the
-engine plans pages (`runner.load.plan`) and this module applies them, either
-in the engine's process or in the writer process (`runner.load.process`), which
-imports only this side: no HTTP client, no config loader.
+engine plans pages (`runner.load.plan`) and an applier (`runner.load.applier`)
+hands them here, in the engine's process or in the writer process
+(`runner.load.process`), which imports only this side: no HTTP client, no
+config loader.
 
-Per page: one state lookup for all its keys; the creates and updates in one
-target commit; then hashes, failures and the checkpoint in one state
-transaction, so state moves only after the data is committed. Because the
-diff happens right before the commit, in page order, a key in two
+Two steps. `decide` is pure: given the plans, what the store knows of their
+keys and their hashes, it says which keys are written (create or update,
+each key once with its newest record) and which are unchanged.
+`apply_plans` does the I/O around it: one state lookup for all the keys, the
+writes in one target commit, then hashes, failures and the checkpoint in one
+state transaction, so state moves only after the data is committed. Because
+the diff happens right before the commit, in page order, a key in two
 consecutive pages is always diffed against the commit before it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from runner import log
-from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
+from runner.load.contenthash import RecordHasher
+from runner.result import Counts
 from runner.state.base import FailedRecord, KeyState, PageCommit, StateStore
 from runner.targets.base import Target, Write, WriteResult
-
-
-@dataclass(slots=True)
-class Counts:
-    processed: int = 0
-    created: int = 0
-    updated: int = 0
-    skipped: int = 0
-    failed: int = 0
 
 
 @dataclass(slots=True)
@@ -42,91 +39,103 @@ class PagePlan:
     mapped: list[tuple[str, dict[str, Any]]]  # (external_id, record); each key once
     failed: list[FailedRecord]
     checkpoint: str | None
-    counts: Counts  # processed, skipped (filtered, repeated) and failed mappings
+    counts: Counts  # planning's counts: processed, skipped (filtered, repeated)
+    cursors: dict[str, Any] = field(default_factory=dict)  # external_id -> incremental cursor value
 
 
 @dataclass(slots=True)
 class PageResult:
     """Pages applied (one or a batch): their counts, planned plus written, for the engine to add up."""
 
-    number: int  # the last page's number
+    last_page: int
     records: int
     writes: int
-    checkpoint: str | None  # the last page's
+    last_checkpoint: str | None
     counts: Counts
     pages: int = 1
+    failed_cursors: list[Any] = field(default_factory=list)  # cursor values of records the target refused
+
+
+@dataclass(slots=True)
+class Decision:
+    """What `decide` found: the writes to send and, per page, what each record came to."""
+
+    writes: list[Write]  # one per key, its newest record
+    hashes: dict[str, str]  # the hash of each written key's newest record
+    decided: list[tuple[int, Write]]  # (page index, write) for every record that changed
+    unchanged: list[int]  # per page: records whose hash equals the stored one
+
+
+def decide(plans: Sequence[PagePlan], known: dict[str, KeyState], hashed: Sequence[dict[str, str]]) -> Decision:
+    """Diff consecutive pages against `known`, each as if the pages before it were committed.
+
+    A key unknown to the store is created, a key whose hash differs is updated, an equal
+    hash is unchanged. A key written by two pages is written once, with its newest record;
+    when an earlier page of the batch created it, that write stays a create.
+    """
+    known = dict(known)
+    final: dict[str, Write] = {}
+    hashes: dict[str, str] = {}
+    decided: list[tuple[int, Write]] = []
+    unchanged = [0] * len(plans)
+    for index, (plan, page_hashes) in enumerate(zip(plans, hashed, strict=True)):
+        for key, record in plan.mapped:
+            state, digest = known.get(key), page_hashes[key]
+            if state is None:
+                write = Write("create", key, record)
+            elif state.hash == digest:
+                unchanged[index] += 1
+                continue
+            else:
+                write = Write("update", key, record, state.target_id)
+            decided.append((index, write))
+            earlier = final.get(key)
+            if earlier is not None and earlier.op == "create":
+                write = Write("create", key, record)  # created in this batch: one create, newest record
+            known[key] = KeyState(digest, write.target_id)
+            final[key], hashes[key] = write, digest
+    return Decision(list(final.values()), hashes, decided, unchanged)
 
 
 def apply_plans(
     pipeline: str, store: StateStore, target: Target, hasher: RecordHasher, plans: Sequence[PagePlan], *,
     committed: str | None,
 ) -> PageResult:
-    """Diff consecutive pages against the store, write their changes in one target commit,
-    then commit their state (the last page's checkpoint) in one transaction.
+    """Diff the pages against the store, write their changes in one target commit, then
+    commit their state (the last page's checkpoint) in one transaction.
 
-    Each page is diffed as if the pages before it were committed, so the counts are
-    those of applying the pages one by one; a key written by two of them is written
-    once, with its newest record. `committed` is the checkpoint committed before
-    these pages: where pages that fail part-way leave the target ids they made.
+    The counts are those of applying the pages one by one. `committed` is the checkpoint
+    committed before these pages: where pages that fail part-way leave the target ids they made.
     """
     hashed = [{key: hasher(record) for key, record in plan.mapped} for plan in plans]
     known = store.key_states(pipeline, list({key: None for page in hashed for key in page}))
-    decided: list[tuple[int, Counts, Write]] = []
-    final: dict[str, Write] = {}
-    final_hash: dict[str, str] = {}  # the hash of each key's newest record
-    batched = len(plans) > 1
-    for index, (plan, hashes) in enumerate(zip(plans, hashed)):
-        for key, record in plan.mapped:
-            state = known.get(key)
-            if state is None:
-                write = Write("create", key, record)
-            elif state.hash == hashes[key]:
-                plan.counts.skipped += 1
-                continue
-            else:
-                write = Write("update", key, record, state.target_id)
-            decided.append((index, plan.counts, write))
-            if batched:  # a later page of the batch sees this one as committed
-                earlier = final.get(key)
-                if earlier is not None and earlier.op != write.op:
-                    write = Write("create", key, record)  # created in this batch: one create, newest record
-                known[key] = KeyState(hashes[key], write.target_id)
-            final[key], final_hash[key] = write, hashes[key]
-    writes = list(final.values())
-    result = _write(pipeline, store, target, writes, committed) if writes else WriteResult()
-    failed = _failures(plans, decided, result)
-    rows, succeeded = [], []
-    for write in writes:
+    decision = decide(plans, known, hashed)
+    result = _write(pipeline, store, target, decision.writes, committed) if decision.writes else WriteResult()
+    store.commit_page(pipeline, _page_commit(plans, decision, result))
+    return _page_result(plans, decision, result)
+
+
+def _page_commit(plans: Sequence[PagePlan], decision: Decision, result: WriteResult) -> PageCommit:
+    """Hashes and target ids of what was written; failures of mapping and of the target."""
+    rows: list[tuple[str, str | None, str | None]] = []
+    succeeded: list[str] = []
+    failed = _mapping_failures(plans, decision, result)
+    for write in decision.writes:
         key = write.external_id
         error = result.errors.get(key)
         if error is not None:
             failed.append(FailedRecord(key, write.record, log.redact(error)))
             continue
-        rows.append((key, final_hash[key], result.target_ids.get(key)))
+        rows.append((key, decision.hashes[key], result.target_ids.get(key)))
         succeeded.append(key)
-    for _, counts, write in decided:
-        if write.external_id not in result.errors:
-            if write.op == "create":
-                counts.created += 1
-            else:
-                counts.updated += 1
-    last = plans[-1]
-    store.commit_page(pipeline, PageCommit(rows, failed, succeeded, last.checkpoint))
-    total = Counts()
-    for plan in plans:
-        add_counts(total, plan.counts)
-    # every failure counts, also one a later page of the batch cleared (as one by one)
-    total.failed += sum(len(plan.failed) for plan in plans) + len(result.errors)
-    return PageResult(last.number, sum(p.records for p in plans), len(writes), last.checkpoint, total, len(plans))
+    return PageCommit(rows, failed, succeeded, plans[-1].checkpoint)
 
 
-def _failures(
-    plans: Sequence[PagePlan], decided: list[tuple[int, Counts, Write]], result: WriteResult
-) -> list[FailedRecord]:
+def _mapping_failures(plans: Sequence[PagePlan], decision: Decision, result: WriteResult) -> list[FailedRecord]:
     """The pages' failed records, less those a later page of the batch wrote: one by one,
     that later page would have cleared them."""
     written_on: dict[str, int] = {}
-    for index, _, write in decided:
+    for index, write in decision.decided:
         if write.external_id not in result.errors:
             written_on[write.external_id] = index
     return [
@@ -137,12 +146,29 @@ def _failures(
     ]
 
 
-def add_counts(total: Counts, page: Counts) -> None:
-    total.processed += page.processed
-    total.created += page.created
-    total.updated += page.updated
-    total.skipped += page.skipped
-    total.failed += page.failed
+def _page_result(plans: Sequence[PagePlan], decision: Decision, result: WriteResult) -> PageResult:
+    """Planning's counts plus what applying found; every failure counts, also one a later
+    page of the batch cleared (as one by one)."""
+    total = Counts()
+    for plan in plans:
+        total.add(plan.counts)
+    total.skipped += sum(decision.unchanged)
+    for _, write in decision.decided:
+        if write.external_id in result.errors:
+            continue
+        if write.op == "create":
+            total.created += 1
+        else:
+            total.updated += 1
+    total.failed += sum(len(plan.failed) for plan in plans) + len(result.errors)
+    failed_cursors = [
+        plan.cursors[key] for key in result.errors for plan in plans if plan.cursors.get(key) is not None
+    ]
+    last = plans[-1]
+    return PageResult(
+        last.number, sum(p.records for p in plans), len(decision.writes), last.checkpoint, total, len(plans),
+        failed_cursors,
+    )
 
 
 def _write(
@@ -152,7 +178,7 @@ def _write(
     try:
         return target.write(writes)
     except EtlError as exc:
-        partial: WriteResult | None = getattr(exc, "partial", None)
+        partial = exc.partial
         if partial is not None and partial.target_ids:
             # no hash: these records are sent again next run, as updates of these ids
             ids = [(key, None, target_id) for key, target_id in partial.target_ids.items()]

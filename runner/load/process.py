@@ -1,4 +1,7 @@
-"""The writer process: applies planned pages to a database target and the state store.
+"""The writer process's own side: applies planned pages to a database target and the state store.
+
+(The engine's side of the pipes, its handshake, window and fallback, is
+`ProcessApplier` in `runner.load.applier`.)
 
 Why a process: a run is CPU-bound in Python once the API is fast (decoding,
 mapping, hashing on one side; building rows, diffing and committing on the
@@ -30,19 +33,17 @@ which then rolls back. A page it has not applied is read again by the next run.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from runner import errors, log
+from runner import log
 from runner.load.apply import PagePlan, PageResult, apply_plans
 from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
@@ -52,12 +53,11 @@ from runner.state.base import pid_alive
 # plans applied as one batch at most: the pages that wait for the writer when it is behind
 MAX_BATCH = 8
 
-# the child imports from exactly the engine's path (not its working directory's contents)
-_BOOT = "import json, sys; sys.path[:] = json.loads(sys.argv[1]); from runner.load.process import main; main()"
-
 
 @dataclass(frozen=True, slots=True)
 class Setup:
+    """The first message to the writer: what to open, and how to log."""
+
     pipeline: str
     target: SqliteTarget | PostgresTarget
     state: StateConfig
@@ -67,110 +67,6 @@ class Setup:
     run_id: str = ""
     secrets: frozenset[str] = frozenset()  # redacted from anything the writer prints
     log: tuple[str, bool] | None = None  # the engine's log format and verbosity, if etl set them
-
-
-class WriterUnavailable(Exception):
-    """The writer process ended before it was ready: the engine applies inline instead."""
-
-
-class WriterProcess:
-    """The engine's end: start the writer, send it plans, receive their results in order.
-
-    The child starts in a session of its own, so a Ctrl-C (or a SIGTERM to the engine's
-    process group) reaches only the engine, even before the child could ignore it. Its first
-    answer says it is ready (target and store open). A writer that ends before that (an
-    embedding host whose sys.executable is no Python, say) raises WriterUnavailable; the
-    engine keeps the plans it sent until then, and applies them itself.
-    """
-
-    def __init__(self, setup: Setup) -> None:
-        if os.name != "posix" or not sys.executable:
-            raise OSError("a writer process needs a POSIX system and sys.executable")
-        plans_r, plans_w = os.pipe()
-        results_r, results_w = os.pipe()
-        path = [str(Path(entry or ".").resolve()) for entry in sys.path]
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, json.dumps(path)],
-                stdin=plans_r, stdout=results_w, close_fds=True, start_new_session=True,
-            )
-        except BaseException:
-            for fd in (plans_r, plans_w, results_r, results_w):
-                os.close(fd)
-            raise
-        os.close(plans_r)
-        os.close(results_w)
-        self._plans = Connection(plans_w, readable=False)
-        self._results = Connection(results_r, writable=False)
-        self._ready = False
-        try:
-            self._plans.send(setup)
-        except OSError:  # it is gone already: said when the first plan would go
-            pass
-
-    @property
-    def ready(self) -> bool:
-        """Whether the writer said it is ready; until then its plans may have to be applied
-        by the engine (see WriterUnavailable)."""
-        return self._ready
-
-    def send(self, plan: PagePlan) -> None:
-        try:
-            self._plans.send(plan)
-        except OSError as exc:  # BrokenPipeError: the writer is gone
-            raise self._gone() from exc
-
-    def receive(self) -> PageResult | int:
-        """The next batch's result, or how many plans were dropped after an error; raise the
-        error (with `.plans`, how many plans it answers)."""
-        try:
-            kind, value = self._results.recv()
-            if kind == "ready":
-                self._ready = True
-                kind, value = self._results.recv()
-        except (EOFError, OSError) as exc:
-            raise self._gone() from exc
-        if kind == "error":
-            name, message, plans = value
-            error = _rebuild(name, message)
-            error.plans = plans  # type: ignore[attr-defined]
-            raise error
-        return value  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Tell the writer there is no more, and wait for it to close the target and the store."""
-        if self._plans.closed:
-            return
-        try:
-            self._plans.send(None)
-        except OSError:
-            pass
-        self._plans.close()
-        self._results.close()
-        self._process.wait()
-
-    def _gone(self) -> Exception:
-        """The error for a writer that ended: WriterUnavailable before it was ready."""
-        code = self._process.wait()
-        if not self._ready:
-            self.close()
-            return WriterUnavailable(f"the writer process ended before it was ready (exit code {code})")
-        return EtlError(
-            f"the writer process exited unexpectedly (exit code {code}); its own error, if any, "
-            "is on stderr above; the pages it had not committed are read again by the next run "
-            "(ETL_WRITER=inline runs without a writer process)"
-        )
-
-
-def _rebuild(name: str, message: str) -> EtlError:
-    """The writer's error as the same class in this process (all take a message)."""
-    kind = getattr(errors, name, None)
-    if isinstance(kind, type) and issubclass(kind, EtlError) and kind.__init__ is EtlError.__init__:
-        return kind(message)
-    return EtlError(message)
-
-
-# --- the writer's side ------------------------------------------------------------------
 
 
 def main() -> None:
@@ -246,7 +142,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
                 _answer(results, ("error", (*error, len(batch))))
                 told = True
                 continue
-            committed = result.checkpoint
+            committed = result.last_checkpoint
             _answer(results, ("page", result))
     finally:
         for opened in (target, store):

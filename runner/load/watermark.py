@@ -7,12 +7,16 @@ that names it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from jmespath.exceptions import JMESPathError
+
 from runner.errors import ResponseError
+from runner.model import Incremental
 from runner.timestamps import Kind, sort_key
 
-__all__ = ["Watermark"]
+__all__ = ["IncrementalCursor", "Watermark"]
 
 
 class Watermark:
@@ -80,3 +84,58 @@ class Watermark:
                 f"incremental {self.field}: value {value!r} is neither a number "
                 "nor an ISO-8601 timestamp (like 2024-05-01T12:00:00Z)"
             ) from exc
+
+
+class IncrementalCursor:
+    """The one home of the incremental watermark for one run.
+
+    - `params(base)`: the first request's query, with the saved watermark (or
+      `initial_value`) as the incremental param.
+    - `observe(raw)`: every source record read; the greatest cursor value wins.
+    - `hold_back(value)`: a record that failed, in mapping or at the target, keeps
+      the watermark at or before its own cursor value, so the next run reads it again.
+    - `seen`: what a checkpoint carries, so a resumed run goes on from it.
+    - `to_save()`: the value the run saves when it succeeds (or finishes partial).
+    """
+
+    def __init__(self, spec: Incremental, *, saved: Any, resumed_from: Any = None) -> None:
+        self._spec = spec
+        self._saved = saved
+        self._greatest = Watermark()
+        self._least_failed: Watermark | None = None
+        if resumed_from is not None:
+            self._greatest.observe(resumed_from)
+
+    def params(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(base)
+        value = self._saved if self._saved is not None else self._spec.initial_value
+        if value is not None:
+            params[self._spec.param] = value
+        return params
+
+    def cursor_of(self, raw: Any) -> Any:
+        """The record's cursor value, or None when it has none (or it cannot be read)."""
+        try:
+            return self._spec.cursor_field.search(raw)
+        except JMESPathError:  # a record whose cursor cannot be read does not move it
+            return None
+
+    def observe(self, value: Any) -> None:
+        self._greatest.observe(value)
+
+    def hold_back(self, value: Any) -> None:
+        if value is None:
+            return
+        if self._least_failed is None:
+            self._least_failed = Watermark(lowest=True)
+        self._least_failed.observe(value)
+
+    @property
+    def seen(self) -> Any:
+        return self._greatest.value
+
+    def to_save(self) -> Any:
+        """The greatest cursor value seen, held back to the least failed record's value."""
+        if self._least_failed is not None and self._least_failed.value is not None:
+            return self._greatest.lesser(self._least_failed.value)
+        return self._greatest.value

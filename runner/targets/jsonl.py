@@ -42,5 +42,11 @@ class JsonlWriter:
         return WriteResult()
 
     def close(self) -> None:
-        if self._close_stream:
+        """Close the file; a flush that fails here (a full disk) is a TargetError, which the
+        engine reports only when the run had no error before it."""
+        if not self._close_stream:
+            return
+        try:
             self._stream.close()
+        except OSError as exc:
+            raise TargetError(f"jsonl target: closing the file failed: {exc.strerror}") from exc
