@@ -109,7 +109,7 @@ class HttpTargetWriter:
             except EtlError as exc:
                 # the page fails, but the objects created before it exist: hand their ids
                 # back so the engine keeps them and the next run updates, never re-creates
-                exc.partial = result  # type: ignore[attr-defined]
+                exc.partial = result
                 raise
             except RecordRejected as exc:
                 result.errors[write.external_id] = str(exc)
