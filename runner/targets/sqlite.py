@@ -7,35 +7,45 @@ Columns are declared without a type, so SQLite keeps each value's own type:
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from runner.db.sqlite import connect, insert_values, transaction
 from runner.errors import TargetError
 from runner.model import SqliteTarget
-from runner.db.sqlite import insert_values
 from runner.targets.base import Write, WriteResult, json_cells
 
 
 # failures about the file or its disk, not the data: the message says what to check
 DISK_ERRORS = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
 DISK_HINT = "check that the path is a file in a writable directory and that the disk has free space"
+BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write transaction
 
 
 def quote(name: str) -> str:
+    """An SQL identifier, quoted: field names come from the pipeline file."""
     return '"' + name.replace('"', '""') + '"'
 
 
 class SqliteTargetWriter:
+    """Upserts each page into one table of a SQLite file, in one transaction per page."""
+
     def __init__(self, config: SqliteTarget, *, fields: list[str]) -> None:
         self.config = config
         self.fields = fields
         try:
-            Path(config.path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(config.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._prepare()
+            # FULL, not NORMAL: the state store records a page as written once this commit
+            # returns, so the commit must outlive a power cut (the state's may not)
+            self._db = connect(config.path, timeout=BUSY_TIMEOUT, synchronous="FULL")
         except (sqlite3.Error, OSError) as exc:
             raise _error(config, exc) from exc
+        try:
+            self._prepare()
+        except BaseException as exc:
+            self._db.close()
+            if isinstance(exc, sqlite3.Error):
+                raise _error(config, exc) from exc
+            raise
         self._head, self._tail = self._upsert_sql()
 
     def _prepare(self) -> None:
@@ -43,17 +53,12 @@ class SqliteTargetWriter:
         processes opening the same table at once (the engine and its writer, or two
         pipelines) cannot both see a column missing and both add it."""
         table = quote(self.config.table)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (external_id TEXT PRIMARY KEY)")
-            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        with transaction(self._db) as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {table} (external_id TEXT PRIMARY KEY)")
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             for name in self.fields:
                 if name not in have:
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
 
     def _upsert_sql(self) -> tuple[str, str]:
         """The statement around its VALUES rows: `INSERT INTO t (...)` and `ON CONFLICT ...`."""
@@ -64,17 +69,13 @@ class SqliteTargetWriter:
         return head, f"ON CONFLICT (external_id) {conflict}"
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
+        """Upsert one page in one transaction; TargetError when it fails as a whole."""
         values = self._values(writes)
         width = len(self.fields) + 1
         json_cells(values, width)
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                insert_values(self._db, self._head, width, values, self._tail)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            with transaction(self._db) as db:
+                insert_values(db, self._head, width, values, self._tail)
         except sqlite3.Error as exc:
             raise _error(self.config, exc) from exc
         return WriteResult()
@@ -90,13 +91,14 @@ class SqliteTargetWriter:
         return values
 
     def close(self) -> None:
+        """Close the file; the last page was committed by its write."""
         self._db.close()
 
 
 def _error(config: SqliteTarget, exc: sqlite3.Error | OSError) -> TargetError:
     """The TargetError for `exc`; a disk or file failure ("disk I/O error") gets its SQLite name and a hint."""
     text = str(exc)
-    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
+    name: str = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
     if isinstance(exc, OSError) or name.startswith(DISK_ERRORS):
         text += f" ({name}); {DISK_HINT}" if name else f"; {DISK_HINT}"
     return TargetError(f"sqlite target {config.path} table {config.table}: {text}")
