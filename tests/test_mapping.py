@@ -9,7 +9,12 @@ from typing import Any
 import jmespath
 import pytest
 
-from runner.transform.mapping import Failed, Mapped, key_string, map_record
+from runner.transform.mapping import Failed, Mapped, Mapper, key_string
+
+
+def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
+    """Map one record with a Mapper built for `spec`."""
+    return Mapper(spec).map(raw)
 from runner.transform import functions
 from runner.model import Expr, MappingSpec
 

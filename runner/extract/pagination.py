@@ -24,6 +24,7 @@ import httpx
 
 from runner.errors import ResponseError
 from runner.model import Expr, Pagination
+from runner.transform.expressions import json_kind, truthy
 
 __all__ = [
     "PAGINATORS",
@@ -115,6 +116,7 @@ class Paginator(Protocol):
     def describe(self, request: PageRequest) -> str: ...
 
 
+@runtime_checkable
 class PredictablePaginator(Paginator, Protocol):
     """A paginator that can name page `index` (0 = `base`) without reading the pages before it."""
 
@@ -155,16 +157,12 @@ def _follow(request: PageRequest, link: Any, where: str) -> PageRequest | None:
     if link is None or link == "":
         return None
     if not isinstance(link, str):
-        raise _unusable(request, f"next URL at {where} is {_kind(link)}, not a string")
+        raise _unusable(request, f"next URL at {where} is {json_kind(link)}, not a string")
     return PageRequest(str(request.full_url.join(link)))
 
 
 def _unusable(request: PageRequest, message: str) -> ResponseError:
     return ResponseError(message, path=request.full_url.path)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean"}.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -201,13 +199,13 @@ class CursorPaginator(_Base):
     def next(
         self, request: PageRequest, response: httpx.Response, body: Any, records: list[Any]
     ) -> PageRequest | None:
-        if self.stop_when is not None and _truthy(self.stop_when.search(body)):
+        if self.stop_when is not None and truthy(self.stop_when.search(body)):
             return None
         token = self.path.search(body)
         if token is None or token == "":
             return None
         if isinstance(token, (dict, list)):
-            raise _unusable(request, f"cursor at {self.path.text!r} is {_kind(token)}, not a string or number")
+            raise _unusable(request, f"cursor at {self.path.text!r} is {json_kind(token)}, not a string or number")
         return request.with_params(**{self.param: token})
 
     def describe(self, request: PageRequest) -> str:
@@ -313,11 +311,6 @@ def _number(expr: Expr | None, body: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return int(value)
-
-
-def _truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, '', [] and {} are false; 0 is true."""
-    return not (value is None or value is False or value in ("", [], {}))
 
 
 PAGINATORS: Mapping[str, type[Any]] = MappingProxyType(

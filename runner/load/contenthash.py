@@ -44,11 +44,6 @@ class RecordHasher:
         return hasher.hexdigest()
 
 
-def content_hash(record: dict[str, Any]) -> str:
-    """The hash of one record, whatever the order of its fields."""
-    return RecordHasher(list(record))(record)
-
-
 def _getter(names: list[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
     """The record's values in `names` order, as a tuple, a missing field as null."""
     if len(names) > 1:

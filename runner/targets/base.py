@@ -52,16 +52,10 @@ def _json_text() -> Callable[[Any], str]:
 json_text = _json_text()
 
 
-def json_cell(value: Any) -> Any:
-    """Lists and objects are stored as JSON text; scalars keep their type."""
-    if type(value) in NESTED:
-        return json_text(value)
-    return value
-
-
 def json_cells(values: list[Any], width: int) -> None:
-    """`json_cell` over rows laid end to end (`width` values each), in place; a column
-    with no list or object in this page is skipped at C speed."""
+    """Lists and objects as JSON text (scalars keep their type), over rows laid end to end
+    (`width` values each), in place; a column with no list or object in this page is
+    skipped at C speed."""
     for column in range(width):
         kinds = set(map(type, values[column::width]))
         if list in kinds or dict in kinds:

@@ -92,12 +92,31 @@ def _not_expression(node: dict[str, Any]) -> Evaluate | None:
     (child,) = inner
 
     def not_expression(data: Any) -> Any:
-        value = child(data)
-        if type(value) in (int, float) and value == 0:  # !0 is false: 0 is truthy in JMESPath
-            return False
-        return not value
+        return not truthy(child(data))
 
     return not_expression
+
+
+def truthy(value: Any) -> bool:
+    """JMESPath truthiness: false, null, '', [] and {} are false; 0 is true."""
+    return not (value is None or value is False or value in ("", [], {}))
+
+
+def json_kind(value: Any) -> str:
+    """A JSON value's kind as a message names it: 'an object', 'a list', 'a string', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__
 
 
 def _function(node: dict[str, Any]) -> Evaluate | None:

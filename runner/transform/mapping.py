@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from jmespath.exceptions import JMESPathError
 
-from runner.transform.expressions import inline_source, to_string
+from runner.transform.expressions import inline_source, to_string, truthy
 from runner.model import Expr, MappingSpec
 
 # what makes a record fail instead of the run: an expression's type or value error
@@ -67,20 +67,10 @@ class Mapper:
     def _slow(self, raw: Any) -> _Outcome:
         """The same outcome through each expression's own evaluator (a record that is no object)."""
         spec = self.spec
-        if spec.filter is not None and not _truthy(spec.filter.search(raw)):
+        if spec.filter is not None and not truthy(spec.filter.search(raw)):
             return None
         key = spec.external_id.search(raw)
         return key, {name: expr.search(raw) for name, expr in spec.fields}
-
-
-def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
-    """Map one record with `spec` (its Mapper is built once and kept)."""
-    return _mapper(spec).map(raw)
-
-
-@functools.lru_cache(maxsize=32)
-def _mapper(spec: MappingSpec) -> Mapper:
-    return Mapper(spec)
 
 
 def key_string(value: Any) -> str | None:
@@ -100,7 +90,7 @@ def key_string(value: Any) -> str | None:
 def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     """Python source for the whole mapping over a dict record `r`, compiled once."""
     counter = itertools.count()
-    names: dict[str, Any] = {"_to_string": to_string, "_truthy": _truthy}
+    names: dict[str, Any] = {"_to_string": to_string, "_truthy": truthy}
 
     def source(expr: Expr) -> str:
         inline = inline_source(expr.parsed.parsed, "r", lambda: f"_t{next(counter)}")  # type: ignore[arg-type]
@@ -128,8 +118,3 @@ def _safe_key(spec: MappingSpec, raw: Any) -> str | None:
         return key_string(spec.external_id.search(raw))
     except RECORD_ERRORS:
         return None
-
-
-def _truthy(value: Any) -> bool:
-    """JMESPath truthiness: false, null, empty strings, lists and objects are false; 0 is true."""
-    return not (value is None or value is False or value in ("", [], {}))
