@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from runner.errors import LockError, StateError, TargetError  # noqa: E402
 from runner.model import PostgresTarget, Secret, StateConfig  # noqa: E402
 from runner.state import open_store  # noqa: E402
 from runner.state.base import FailedRecord, PageCommit, RunRecord  # noqa: E402
+from runner.state import postgres as state_postgres  # noqa: E402
 from runner.state.postgres import MIGRATIONS, PostgresStateStore  # noqa: E402
 from runner.targets import open_target  # noqa: E402
 from runner.targets.base import Write  # noqa: E402
@@ -170,11 +172,39 @@ def test_runs_are_recorded_and_shown(store: PostgresStateStore) -> None:
     assert store.show("p", runs=1)["runs"][0]["run_id"] == "r2"
 
 
+EMPTY = {"watermark": None, "checkpoint": None, "keys": 0, "lock": None, "runs": [], "failed_total": 0, "failed": []}
+
+
+def test_show_returns_each_part_of_a_pipeline_state(store: PostgresStateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """show returns, in this order, the watermark, checkpoint, key count, lock holder, runs with
+    their counts, and failed records with their total: the SQLite store's dict."""
+    monkeypatch.setattr(state_postgres, "now_iso", lambda: "T")
+    run = RunRecord("r1", started_at="t1")
+    store.start_run("p", run)
+    commit(store, hashes=[("a", "h", None), ("b", "h", "crm_2")], failed=[FailedRecord("c", {"id": "c"}, "bad")],
+           checkpoint='{"page": 2}')
+    run.status, run.finished_at, run.counts = "partial", "t2", {"created": 2, "failed": 1}
+    store.finish_run("p", run, watermark={"at": 5}, clear_checkpoint=False)
+    with store.lock("p", "r2"):
+        shown = store.show("p")
+    assert shown == {
+        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": '{"page": 2}', "keys": 2,
+        "lock": {"run_id": "r2", "pid": os.getpid(), "host": socket.gethostname(), "acquired_at": "T"},
+        "runs": [
+            {"run_id": "r1", "status": "partial", "started_at": "t1", "finished_at": "t2", "created": 2, "failed": 1},
+        ],
+        "failed_total": 1,
+        "failed": [{"external_id": "c", "error": "bad", "failed_at": "T", "raw": {"id": "c"}}],
+    }
+    assert list(shown) == ["pipeline", *EMPTY]
+    assert store.show("other") == {"pipeline": "other", **EMPTY}
+
+
 def test_read_only_store_on_an_empty_database_creates_nothing(dsn: str) -> None:
     """A read-only store on a database without state is empty, writes nothing and creates no schema."""
     store = PostgresStateStore(dsn, read_only=True)
     assert store.watermark("p") is None and store.checkpoint("p") is None and store.key_states("p", ["a"]) == {}
-    assert store.show("p")["runs"] == [] and store.show("p")["keys"] == 0
+    assert store.show("p") == {"pipeline": "p", **EMPTY}
     with store.lock("p", "r"):
         commit(store, hashes=[("a", "h", None)], checkpoint="c")
         store.start_run("p", RunRecord("r"))

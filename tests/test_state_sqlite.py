@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
+import socket
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.errors import LockError, StateError
+from runner.state import sqlite as state_sqlite
 from runner.state.base import FailedRecord, PageCommit, RunRecord
 from runner.state.sqlite import MIGRATIONS, SqliteStateStore
 
@@ -94,6 +100,34 @@ def test_reset_keeps_target_ids_only(store: SqliteStateStore) -> None:
     assert store.key_states("p", ["a"])["a"].hash is None
     assert store.key_states("p", ["a"])["a"].target_id == "crm_1"
     assert store.show("p")["failed_total"] == 0
+
+
+def test_show_returns_each_part_of_a_pipeline_state(store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """show returns, in this order, the watermark, checkpoint, key count, lock holder, runs with
+    their counts, and failed records with their total."""
+    monkeypatch.setattr(state_sqlite, "now_iso", lambda: "T")
+    run = RunRecord("r1", started_at="t1")
+    store.start_run("p", run)
+    commit(store, hashes=[("a", "h", None), ("b", "h", "crm_2")], failed=[FailedRecord("c", {"id": "c"}, "bad")],
+           checkpoint='{"page": 2}')
+    run.status, run.finished_at, run.counts = "partial", "t2", {"created": 2, "failed": 1}
+    store.finish_run("p", run, watermark={"at": 5}, clear_checkpoint=False)
+    with store.lock("p", "r2"):
+        shown = store.show("p")
+    assert shown == {
+        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": '{"page": 2}', "keys": 2,
+        "lock": {"run_id": "r2", "pid": os.getpid(), "host": socket.gethostname(), "acquired_at": "T"},
+        "runs": [
+            {"run_id": "r1", "status": "partial", "started_at": "t1", "finished_at": "t2", "created": 2, "failed": 1},
+        ],
+        "failed_total": 1,
+        "failed": [{"external_id": "c", "error": "bad", "failed_at": "T", "raw": {"id": "c"}}],
+    }
+    assert list(shown) == ["pipeline", "watermark", "checkpoint", "keys", "lock", "runs", "failed_total", "failed"]
+    assert store.show("other") == {
+        "pipeline": "other", "watermark": None, "checkpoint": None, "keys": 0, "lock": None,
+        "runs": [], "failed_total": 0, "failed": [],
+    }
 
 
 def test_read_only_store_creates_no_file(tmp_path: Path) -> None:
@@ -181,3 +215,49 @@ def test_read_only_store_on_an_unmigrated_file_is_empty(tmp_path: Path) -> None:
     store = SqliteStateStore(path, read_only=True)
     assert store.watermark("p") is None and store.show("p")["keys"] == 0
     store.close()
+
+
+def open_each_at_the_barrier(paths: list[str], barrier: Any, results: Any) -> None:
+    """One of two processes: open each state file as soon as both are at the barrier, and report
+    None or the error."""
+    for path in paths:
+        barrier.wait(timeout=60)
+        try:
+            SqliteStateStore(Path(path)).close()
+            results.put((path, None))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            results.put((path, f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.mark.parametrize("start", ["no file", "a WAL file never migrated"])
+def test_two_processes_opening_one_new_state_file_at_once_both_succeed(tmp_path: Path, start: str) -> None:
+    """Two processes (cron pipelines on their first day) open one new state file at the same
+    moment, 20 times: every open succeeds, the schema is made once, and the file is in WAL mode."""
+    paths = [str(tmp_path / f"trial-{n}" / "state.db") for n in range(20)]
+    if start == "a WAL file never migrated":
+        for path in paths:
+            Path(path).parent.mkdir()
+            db = sqlite3.connect(path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.close()
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may have threads
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=open_each_at_the_barrier, args=(paths, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    try:
+        outcomes = [results.get(timeout=120) for _ in range(2 * len(paths))]
+    except queue.Empty:
+        pytest.fail("a process stopped reporting")
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    failures = [f"{Path(path).parent.name}: {error}" for path, error in outcomes if error is not None]
+    assert failures == []
+    for path in paths:
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()

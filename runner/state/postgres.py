@@ -25,16 +25,27 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from runner.errors import LockError, StateError
 from runner.db.pg import advisory_key, connect, describe, scrub
-from runner.state.base import KeyState, PageCommit, RunLock, RunRecord
-from runner.state.sqlite import failure_key, now_iso
+from runner.errors import LockError, StateError
+from runner.state.base import (
+    FailureRow,
+    KeyState,
+    LockingStore,
+    PageCommit,
+    RunRecord,
+    RunRow,
+    StateQueries,
+    build_show,
+    failure_key,
+    now_iso,
+)
 
 SCHEMA = "etl_state"
 
@@ -65,7 +76,7 @@ _MIGRATE_KEY = advisory_key("etl_state migrate")
 # --- the store ----------------------------------------------------------------------
 
 
-class PostgresStateStore(RunLock):
+class PostgresStateStore(LockingStore):
     """State in the `etl_state` schema of one PostgreSQL database, shared by all pipelines."""
 
     def __init__(self, dsn: str, *, read_only: bool = False) -> None:
@@ -80,6 +91,7 @@ class PostgresStateStore(RunLock):
         except BaseException:
             self._db.close()
             raise
+        self._queries: StateQueries = _NoTables() if self._empty else _Queries(self._db)
 
     def _open(self) -> bool:
         """Migrate (or, read-only, only look); True when there are no tables to read."""
@@ -198,35 +210,17 @@ class PostgresStateStore(RunLock):
             removed = db.execute(f"DELETE FROM {SCHEMA}.locks WHERE pipeline=%s", (pipeline,)).rowcount
         return bool((ended and ended[0]) or removed)
 
-    def _lock_holder(self, pipeline: str) -> dict[str, Any] | None:
-        """The lock's holder as `show` reports it, when its advisory lock is held."""
-        high, low = _lock_ids(advisory_key(pipeline))
-        row = self._db.execute(
-            f"SELECT l.run_id, l.pid, l.host, l.acquired_at FROM pg_locks p "
-            f"LEFT JOIN {SCHEMA}.locks l ON l.pipeline=%s "
-            "WHERE p.locktype='advisory' AND p.database=(SELECT oid FROM pg_database WHERE datname=current_database()) "
-            "AND p.classid::text::bigint=%s AND p.objid::text::bigint=%s AND p.objsubid=1 AND p.granted",
-            (pipeline, high, low),
-        ).fetchone()
-        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
-
     # --- reads ---------------------------------------------------------------
 
     def watermark(self, pipeline: str) -> Any:
-        row = self._pipeline_row(pipeline)
+        with self._errors():
+            row = self._queries.pipeline_row(pipeline)
         return None if row is None else row[0]
 
     def checkpoint(self, pipeline: str) -> str | None:
-        row = self._pipeline_row(pipeline)
-        return None if row is None else row[1]
-
-    def _pipeline_row(self, pipeline: str) -> tuple[Any, ...] | None:
-        if self._empty:
-            return None
         with self._errors():
-            return self._db.execute(
-                f"SELECT watermark, checkpoint FROM {SCHEMA}.pipelines WHERE pipeline=%s", (pipeline,)
-            ).fetchone()
+            row = self._queries.pipeline_row(pipeline)
+        return None if row is None else row[1]
 
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
         if self._empty or not keys:
@@ -324,35 +318,9 @@ class PostgresStateStore(RunLock):
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
-        shown: dict[str, Any] = {
-            "pipeline": pipeline, "watermark": None, "checkpoint": None, "keys": 0, "lock": None,
-            "runs": [], "failed_total": 0, "failed": [],
-        }
-        if self._empty:
-            return shown
+        """Everything `etl state show` prints, as a JSON-ready dict."""
         with self._errors():
-            db = self._db
-            row = self._pipeline_row(pipeline)
-            if row is not None:
-                shown["watermark"], shown["checkpoint"] = row
-            shown["keys"] = _scalar(db, f"SELECT count(*) FROM {SCHEMA}.keys WHERE pipeline=%s", pipeline)
-            shown["lock"] = self._lock_holder(pipeline)
-            shown["runs"] = [
-                {"run_id": r[0], "status": r[1], "started_at": r[2], "finished_at": r[3], **(r[4] or {})}
-                for r in db.execute(
-                    f"SELECT run_id, status, started_at, finished_at, counts FROM {SCHEMA}.runs "
-                    "WHERE pipeline=%s ORDER BY started_at DESC LIMIT %s", (pipeline, runs),
-                )
-            ]
-            shown["failed_total"] = _scalar(db, f"SELECT count(*) FROM {SCHEMA}.failed WHERE pipeline=%s", pipeline)
-            shown["failed"] = [
-                {"external_id": r[0], "error": r[1], "failed_at": r[2], "raw": json.loads(r[3])}
-                for r in db.execute(
-                    f"SELECT external_id, error, failed_at, raw FROM {SCHEMA}.failed WHERE pipeline=%s "
-                    "ORDER BY failed_at DESC LIMIT %s", (pipeline, failed),
-                )
-            ]
-        return shown
+            return build_show(self._queries, pipeline, runs=runs, failed=failed)
 
     def close(self) -> None:
         """Release the locks still held (the server would too, but only once it sees the session end)."""
@@ -361,6 +329,69 @@ class PostgresStateStore(RunLock):
                 self._release(pipeline, run_id)
         finally:
             self._db.close()
+
+
+class _Queries:
+    """The reads `show`, `watermark` and `checkpoint` are made of (runner.state.base.StateQueries)."""
+
+    def __init__(self, db: psycopg.Connection[Any]) -> None:
+        self._db = db
+
+    def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
+        row = self._db.execute(
+            f"SELECT watermark, checkpoint FROM {SCHEMA}.pipelines WHERE pipeline=%s", (pipeline,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
+        # `table` is one of two names (its type says which), never input
+        row = self._db.execute(f"SELECT count(*) FROM {SCHEMA}.{table} WHERE pipeline=%s", (pipeline,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def lock_holder(self, pipeline: str) -> dict[str, Any] | None:
+        """The holder `etl_state.locks` names, when the pipeline's advisory lock is held."""
+        high, low = _lock_ids(advisory_key(pipeline))
+        row = self._db.execute(
+            f"SELECT l.run_id, l.pid, l.host, l.acquired_at FROM pg_locks p "
+            f"LEFT JOIN {SCHEMA}.locks l ON l.pipeline=%s "
+            "WHERE p.locktype='advisory' AND p.database=(SELECT oid FROM pg_database WHERE datname=current_database()) "
+            "AND p.classid::text::bigint=%s AND p.objid::text::bigint=%s AND p.objsubid=1 AND p.granted",
+            (pipeline, high, low),
+        ).fetchone()
+        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
+
+    def runs(self, pipeline: str, limit: int) -> list[RunRow]:
+        rows = self._db.execute(
+            f"SELECT run_id, status, started_at, finished_at, counts FROM {SCHEMA}.runs "
+            "WHERE pipeline=%s ORDER BY started_at DESC LIMIT %s", (pipeline, limit),
+        )
+        return [(*row[:4], row[4] or {}) for row in rows]  # counts: jsonb, decoded by psycopg
+
+    def failures(self, pipeline: str, limit: int) -> list[FailureRow]:
+        rows: list[FailureRow] = self._db.execute(
+            f"SELECT external_id, error, failed_at, raw FROM {SCHEMA}.failed WHERE pipeline=%s "
+            "ORDER BY failed_at DESC LIMIT %s", (pipeline, limit),
+        ).fetchall()
+        return rows
+
+
+class _NoTables:
+    """The reads of a read-only store on a database never migrated: an empty store."""
+
+    def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
+        return None
+
+    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
+        return 0
+
+    def lock_holder(self, pipeline: str) -> dict[str, Any] | None:
+        return None
+
+    def runs(self, pipeline: str, limit: int) -> list[RunRow]:
+        return []
+
+    def failures(self, pipeline: str, limit: int) -> list[FailureRow]:
+        return []
 
 
 def _merge_hashes(rows: Sequence[tuple[str, str | None, str | None]]) -> dict[str, tuple[str | None, str | None]]:
@@ -387,7 +418,3 @@ def _text(value: str) -> str:
     """PostgreSQL text cannot hold NUL; an error message that has one keeps it visibly."""
     return value.replace("\x00", "\\x00")
 
-
-def _scalar(db: psycopg.Connection[Any], query: str, *params: Any) -> Any:
-    row = db.execute(query, params).fetchone()
-    return None if row is None else row[0]

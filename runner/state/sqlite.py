@@ -1,5 +1,10 @@
 """The SQLite state store: WAL, one transaction per page, versioned schema migrated on open.
 
+Two processes may open one new file at once (cron pipelines on their first day
+share `.etl/state.db`): `runner.db.sqlite.connect` retries the WAL switch, and
+the schema version is read again inside the migration's write transaction, so
+only the first migrates and the second finds the tables made.
+
 Read-only mode (dry-run) opens an existing file immutably, or an empty
 in-memory store when there is none, so it never creates or changes a file.
 """
@@ -10,14 +15,26 @@ import json
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Literal
 
+from runner.db.sqlite import connect, insert_rows, transaction
 from runner.errors import LockError, StateError
-from runner.db.sqlite import insert_rows
-from runner.state.base import KeyState, PageCommit, RunLock, RunRecord, log_takeover, pid_alive
+from runner.state.base import (
+    FailureRow,
+    KeyState,
+    LockingStore,
+    PageCommit,
+    RunRecord,
+    RunRow,
+    build_show,
+    failure_key,
+    log_takeover,
+    now_iso,
+    pid_alive,
+)
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -39,39 +56,30 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 _CHUNK = 500  # keys per IN (...) lookup, well under SQLite's variable limit
+BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write transaction
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def failure_key(external_id: str | None, raw: Any) -> str:
-    """Failures are kept per key; a record without a key is kept per raw content."""
-    if external_id is not None:
-        return "id:" + external_id
-    return "raw:" + json.dumps(raw, sort_keys=True, default=str)[:500]
-
-
-class SqliteStateStore(RunLock):
+class SqliteStateStore(LockingStore):
     """State in one SQLite file (default `.etl/state.db`), shared by all pipelines."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
         try:
-            self._db = self._connect()
+            # synchronous NORMAL (connect's default), not FULL: a commit lost to a power cut
+            # only makes the next run replay its page, which upserts make harmless
+            self._db = self._connect_read_only() if read_only else connect(self.path, timeout=BUSY_TIMEOUT)
+        except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
+            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
+        self._queries = _Queries(self._db)
+        try:
             self._migrate()
         except sqlite3.Error as exc:
+            self._db.close()
             raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
-
-    def _connect(self) -> sqlite3.Connection:
-        if self.read_only:
-            return self._connect_read_only()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        except BaseException:
+            self._db.close()
+            raise
 
     def _connect_read_only(self) -> sqlite3.Connection:
         """Read without creating or changing a file: immutably when the file is whole, and
@@ -81,18 +89,13 @@ class SqliteStateStore(RunLock):
         has_wal = Path(f"{self.path}-wal").exists()
         mode = "mode=ro" if has_wal else "mode=ro&immutable=1"
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
-        if db.execute("PRAGMA user_version").fetchone()[0] == 0:  # created, never migrated
+        if _user_version(db) == 0:  # created, never migrated
             db.close()
             return sqlite3.connect(":memory:", isolation_level=None)
         return db
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > len(MIGRATIONS):
-            raise StateError(
-                f"state store {self.path} has schema version {version}, newer than this etl "
-                f"({len(MIGRATIONS)}); upgrade etl"
-            )
+        version = self._checked_version()
         if version == len(MIGRATIONS):
             return
         if self.read_only and version > 0:
@@ -100,11 +103,23 @@ class SqliteStateStore(RunLock):
                 f"state store {self.path} has schema version {version}, older than this etl's "
                 f"{len(MIGRATIONS)}; run once without --dry-run to migrate it"
             )
-        with self._tx():
+        with transaction(self._db) as db:
+            # read again under the write lock: another process may have migrated since
+            version = self._checked_version()
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                 for statement in filter(str.strip, script.split(";")):
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {number}")
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number}")
+
+    def _checked_version(self) -> int:
+        """The file's schema version; StateError when a newer etl wrote it."""
+        version = _user_version(self._db)
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"state store {self.path} has schema version {version}, newer than this etl "
+                f"({len(MIGRATIONS)}); upgrade etl"
+            )
+        return version
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -115,14 +130,8 @@ class SqliteStateStore(RunLock):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._errors():
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._errors(), transaction(self._db) as db:
+            yield db
 
     # --- lock ----------------------------------------------------------------
 
@@ -144,24 +153,22 @@ class SqliteStateStore(RunLock):
             )
 
     def unlock(self, pipeline: str) -> bool:
+        """Remove the pipeline's lock, whoever holds it; True when there was one."""
         with self._tx() as db:
-            return db.execute("DELETE FROM locks WHERE pipeline=?", (pipeline,)).rowcount > 0
+            removed: int = db.execute("DELETE FROM locks WHERE pipeline=?", (pipeline,)).rowcount
+        return removed > 0
 
     # --- reads ---------------------------------------------------------------
 
     def watermark(self, pipeline: str) -> Any:
-        row = self._pipeline_row(pipeline)
-        return None if row is None or row[0] is None else json.loads(row[0])
+        with self._errors():
+            row = self._queries.pipeline_row(pipeline)
+        return None if row is None else row[0]
 
     def checkpoint(self, pipeline: str) -> str | None:
-        row = self._pipeline_row(pipeline)
-        return None if row is None else row[1]
-
-    def _pipeline_row(self, pipeline: str) -> tuple[Any, ...] | None:
         with self._errors():
-            return self._db.execute(
-                "SELECT watermark, checkpoint FROM pipelines WHERE pipeline=?", (pipeline,)
-            ).fetchone()
+            row = self._queries.pipeline_row(pipeline)
+        return None if row is None else row[1]
 
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
         found: dict[str, KeyState] = {}
@@ -204,7 +211,7 @@ class SqliteStateStore(RunLock):
             )
             self._set_pipeline(db, pipeline, checkpoint=commit.checkpoint)
 
-    def _set_pipeline(self, db: sqlite3.Connection, pipeline: str, **values: Any) -> None:
+    def _set_pipeline(self, db: sqlite3.Connection, pipeline: str, **values: str | None) -> None:
         """Upsert the pipeline's row with `values` (watermark, checkpoint) in one statement."""
         columns = ["pipeline", "updated_at", *values]
         updates = ", ".join(f"{c}=excluded.{c}" for c in columns[1:])
@@ -231,7 +238,7 @@ class SqliteStateStore(RunLock):
                 "UPDATE runs SET status=?, finished_at=?, counts=? WHERE run_id=?",
                 (run.status, run.finished_at, json.dumps(run.counts), run.run_id),
             )
-            values: dict[str, Any] = {}
+            values: dict[str, str | None] = {}
             if watermark is not None:
                 values["watermark"] = json.dumps(watermark)
             if clear_checkpoint:
@@ -249,41 +256,59 @@ class SqliteStateStore(RunLock):
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
+        """Everything `etl state show` prints, as a JSON-ready dict."""
         with self._errors():
-            return self._show(pipeline, runs, failed)
-
-    def _show(self, pipeline: str, runs: int, failed: int) -> dict[str, Any]:
-        db = self._db
-        keys = db.execute("SELECT COUNT(*) FROM keys WHERE pipeline=?", (pipeline,)).fetchone()[0]
-        run_rows = db.execute(
-            "SELECT run_id, status, started_at, finished_at, counts FROM runs "
-            "WHERE pipeline=? ORDER BY started_at DESC LIMIT ?", (pipeline, runs),
-        ).fetchall()
-        fail_rows = db.execute(
-            "SELECT external_id, error, failed_at, raw FROM failed WHERE pipeline=? "
-            "ORDER BY failed_at DESC LIMIT ?", (pipeline, failed),
-        ).fetchall()
-        total_failed = db.execute("SELECT COUNT(*) FROM failed WHERE pipeline=?", (pipeline,)).fetchone()[0]
-        lock = db.execute("SELECT run_id, pid, host, acquired_at FROM locks WHERE pipeline=?", (pipeline,)).fetchone()
-        return {
-            "pipeline": pipeline,
-            "watermark": self.watermark(pipeline),
-            "checkpoint": self.checkpoint(pipeline),
-            "keys": keys,
-            "lock": None if lock is None else dict(zip(("run_id", "pid", "host", "acquired_at"), lock)),
-            "runs": [
-                {"run_id": r[0], "status": r[1], "started_at": r[2], "finished_at": r[3], **json.loads(r[4] or "{}")}
-                for r in run_rows
-            ],
-            "failed_total": total_failed,
-            "failed": [
-                {"external_id": r[0], "error": r[1], "failed_at": r[2], "raw": json.loads(r[3])}
-                for r in fail_rows
-            ],
-        }
+            return build_show(self._queries, pipeline, runs=runs, failed=failed)
 
     def close(self) -> None:
+        """Close the file (a lock still held stays, for the next run to take over or refuse)."""
         self._db.close()
+
+
+class _Queries:
+    """The reads `show`, `watermark` and `checkpoint` are made of (runner.state.base.StateQueries)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
+        row = self._db.execute(
+            "SELECT watermark, checkpoint FROM pipelines WHERE pipeline=?", (pipeline,)
+        ).fetchone()
+        if row is None:
+            return None
+        watermark, checkpoint = row
+        return (None if watermark is None else json.loads(watermark)), checkpoint
+
+    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
+        # `table` is one of two names (its type says which), never input
+        found: int = self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE pipeline=?", (pipeline,)).fetchone()[0]
+        return found
+
+    def lock_holder(self, pipeline: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT run_id, pid, host, acquired_at FROM locks WHERE pipeline=?", (pipeline,)
+        ).fetchone()
+        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
+
+    def runs(self, pipeline: str, limit: int) -> list[RunRow]:
+        rows = self._db.execute(
+            "SELECT run_id, status, started_at, finished_at, counts FROM runs "
+            "WHERE pipeline=? ORDER BY started_at DESC LIMIT ?", (pipeline, limit),
+        )
+        return [(*row[:4], json.loads(row[4] or "{}")) for row in rows]
+
+    def failures(self, pipeline: str, limit: int) -> list[FailureRow]:
+        rows: list[FailureRow] = self._db.execute(
+            "SELECT external_id, error, failed_at, raw FROM failed WHERE pipeline=? "
+            "ORDER BY failed_at DESC LIMIT ?", (pipeline, limit),
+        ).fetchall()
+        return rows
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    version: int = db.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 def _has_failures(db: sqlite3.Connection, pipeline: str) -> bool:
