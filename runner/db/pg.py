@@ -11,11 +11,15 @@ from psycopg import conninfo
 
 from runner.errors import EtlError
 
+# unless the DSN says otherwise: fail a dead host in 10 s, and name the client in pg_stat_activity
+DEFAULTS: dict[str, str | int] = {"connect_timeout": 10, "application_name": "etl"}
+
 
 def advisory_key(name: str) -> int:
     """A stable signed 64-bit key for pg_*advisory_lock (Python's hash() is salted per process)."""
     digest = hashlib.blake2b(f"etl:{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
 
 def describe(dsn: str) -> str:
     """`host:port/dbname` of a DSN, for messages; never the user's password."""
@@ -43,12 +47,13 @@ def connect(dsn: str, *, error: type[EtlError], where: str) -> psycopg.Connectio
     """An autocommit connection (transactions are explicit), or `error` naming `where`."""
     try:
         given = conninfo.conninfo_to_dict(dsn)
+        # what psycopg.connect(dsn, **extra) would build, but typed: its keyword
+        # arguments mix connection parameters with options of other types
+        target = conninfo.make_conninfo(dsn, **{k: v for k, v in DEFAULTS.items() if k not in given})
     except psycopg.Error:
         # the parser's message quotes the DSN, password included: do not chain it
         raise error(f"{where}: the DSN is not a valid PostgreSQL connection string") from None
-    defaults = {"connect_timeout": 10, "application_name": "etl"}
-    extra = {key: value for key, value in defaults.items() if key not in given}
     try:
-        return psycopg.connect(dsn, autocommit=True, **extra)
+        return psycopg.connect(target, autocommit=True)
     except psycopg.Error as exc:
         raise error(f"{where}: cannot connect: {scrub(str(exc).strip(), dsn)}") from exc

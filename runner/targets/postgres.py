@@ -36,20 +36,23 @@ its last write, where one merge statement must refuse to touch a row twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.errors import TargetError
 from runner.model import PostgresTarget
-from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.targets.base import Write, WriteResult
 
 
 class PostgresTargetWriter:
+    """Upserts each page into one table of a PostgreSQL database, in one transaction per page."""
+
     def __init__(self, config: PostgresTarget, *, fields: list[str]) -> None:
         self.config = config
         self.fields = list(fields)
@@ -84,7 +87,7 @@ class PostgresTargetWriter:
                 db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             have = self._columns()
             if have is None:
-                columns = [sql.SQL("external_id text PRIMARY KEY")]
+                columns: list[sql.Composable] = [sql.SQL("external_id text PRIMARY KEY")]
                 columns += [sql.SQL("{} jsonb").format(sql.Identifier(f)) for f in self.fields]
                 db.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self._table, sql.SQL(", ").join(columns)))
                 return
@@ -118,6 +121,7 @@ class PostgresTargetWriter:
         )
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
+        """Upsert one page in one transaction; TargetError when it fails as a whole."""
         rows = [[w.external_id, *(_cell(w.record.get(f)) for f in self.fields)] for w in writes]
         if rows:
             with self._errors(), self._db.transaction(), self._db.cursor() as cursor:
@@ -125,6 +129,7 @@ class PostgresTargetWriter:
         return WriteResult()
 
     def close(self) -> None:
+        """Close the connection; the last page was committed by its write."""
         self._db.close()
 
 
