@@ -38,6 +38,7 @@ from runner.errors import ConfigError, Problem
 from runner.config.interpolate import interpolate
 from runner.config.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
 from runner.config.yamlpos import Document, KeyPath, dotted
+from runner.db import missing_postgres_driver
 
 __all__ = ["check_file", "expand_paths", "load_pipeline", "load_schema"]
 
@@ -171,6 +172,7 @@ def _analyse(
         report.add(path, message, key=key)
     compiled = _expressions(values.data, report, unchecked)
     _placeholder_problems(values.data, report)
+    _driver_problems(values.data, report)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
     return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
 
@@ -301,6 +303,19 @@ def _placeholder_problems(data: Any, report: _Report) -> None:
             if name not in allowed:
                 valid = ", ".join(f"{{{a}}}" for a in sorted(allowed))
                 report.add(path, f"unknown placeholder '{{{name}}}' in {operation} path; valid: {valid}")
+
+
+def _driver_problems(data: Any, report: _Report) -> None:
+    """A warning where the file asks for PostgreSQL while psycopg (an optional extra) is
+    not installed: the file is valid, but `etl run` would refuse it."""
+    uses = (
+        (("target", "type"), _get(data, ("target", "type")) == "postgres", "the postgres target"),
+        (("state", "dsn"), _get(data, ("state", "dsn")) is not None, "the postgres state store"),
+    )
+    for path, used, what in uses:
+        message = missing_postgres_driver(what) if used else None
+        if message is not None:
+            report.add(path, message, key=True, severity="warning")
 
 
 def _get(data: Any, path: KeyPath) -> Any:

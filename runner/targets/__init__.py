@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import IO, Any
 
+from runner.db import require_postgres_driver
 from runner.model import HttpTarget, JsonlTarget, PostgresTarget, SqliteTarget, Target as TargetConfig
 from runner.targets.base import Target, Write, WriteResult
 
@@ -19,6 +20,7 @@ def open_target(config: TargetConfig, *, fields: list[str], **kwargs: Any) -> Ta
 
         return JsonlWriter.for_path(config.path)
     if isinstance(config, PostgresTarget):
+        require_postgres_driver("the postgres target")  # a ConfigError naming the extra, not an ImportError
         from runner.targets.postgres import PostgresTargetWriter
 
         return PostgresTargetWriter(config, fields=fields)
