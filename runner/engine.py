@@ -170,6 +170,9 @@ class _Run:
             timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
             headers=source.headers, max_response_bytes=source.max_response_bytes,
             transport=self.options.transport, sleep=self._wait,
+            # credentials go to the source's own origin (not a resumed next URL's), and no
+            # request or wait runs past limits.max_seconds
+            origin=source.url, deadline=self.started + source.limits.max_seconds,
         )
         self.applier = self._applier()
         if self.checkpoint is not None:

@@ -196,3 +196,17 @@ def test_errors_before_the_run_begins_carry_a_result_too(tmp_path: Path, demo_ap
     with pytest.raises(StateError) as unopened:
         run(broken, **NO_WAIT)
     assert unopened.value.result is not None and unopened.value.result.exit_code == 1
+
+
+def test_max_seconds_ends_a_run_inside_a_rate_limit_wait_as_a_limit(tmp_path: Path, demo_api: Any) -> None:
+    """Reliability D7: requests_per_second 0.001 made the second request wait 1,000 s past a
+    max_seconds of 2; the run now ends at once with stopped_by=max_seconds, the first page kept."""
+    api = demo_api(300)
+    path = write_pipeline_file(
+        tmp_path, api.base_url,
+        source={"rate_limit": {"requests_per_second": 0.001}, "limits": {"max_seconds": 2}, "concurrency": 1},
+    )
+    started = time.monotonic()
+    result = run(path)
+    assert time.monotonic() - started < 10
+    assert (result.status, result.stopped_by, result.counts.created) == ("success", "max_seconds", 100)
