@@ -23,7 +23,6 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import closing
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +30,7 @@ import httpx
 
 from runner import log
 from runner.config import load_pipeline
+from runner.db import require_postgres_driver
 from runner.errors import EtlError, Interrupted
 from runner.extract.prefetch import prefetch
 from runner.extract.reader import SourceReader
@@ -43,6 +43,7 @@ from runner.load.watermark import IncrementalCursor
 from runner.model import Pipeline, PostgresTarget, SqliteTarget
 from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
+from runner.state.base import now_iso
 from runner.targets import Target, dry_run_target, open_target
 
 __all__ = ["Counts", "RunResult", "StopFlag", "run"]
@@ -93,6 +94,8 @@ def run(
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
+    if isinstance(pipeline.target, PostgresTarget):  # else the writer process finds out, after a fetch
+        require_postgres_driver("the postgres target")
     log.add_secrets(pipeline.secrets)
     run_id = uuid.uuid4().hex[:12]
     started = time.monotonic()
@@ -316,8 +319,14 @@ class _Run:
         record.status, record.finished_at = status, now_iso()
         record.counts = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline", "status")}
         done = status in ("success", "partial")
-        saved = self.cursor.to_save() if done and self.cursor is not None else None
-        self.store.finish_run(self.pipeline.name, record, watermark=saved, clear_checkpoint=done)
+        limited = self.reader is not None and self.reader.stopped_by is not None
+        saved = None
+        if done and self.cursor is not None:
+            saved = self.cursor.to_save(read_to_end=not limited, resumed=self.checkpoint is not None)
+        # a limit stop keeps its checkpoint: the next run goes on from it (with order: asc,
+        # the watermark moved instead, and the next run starts fresh from it)
+        keep_checkpoint = limited and not (self.cursor is not None and self.cursor.ascending)
+        self.store.finish_run(self.pipeline.name, record, watermark=saved, clear_checkpoint=done and not keep_checkpoint)
         fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
         if fields["error"] is None:
             del fields["error"]
@@ -372,8 +381,3 @@ def _exit_code(error: EtlError | None, counts: Counts) -> int:
     if error is not None:
         return error.exit_code
     return 3 if counts.failed else 0
-
-
-def now_iso() -> str:
-    """Now, as ISO-8601 UTC with milliseconds (run rows)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -192,8 +192,10 @@ class Limits:
 @dataclass(frozen=True, slots=True)
 class Incremental:
     cursor_field: Expr
-    param: str
+    param: str | None
     initial_value: str | int | float | None = None
+    lookback: float | None = None  # seconds for timestamps, units for numbers
+    order: Literal["asc"] | None = None  # the source lists records in ascending cursor order
 
 
 @dataclass(frozen=True, slots=True)

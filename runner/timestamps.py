@@ -10,12 +10,13 @@ parameter may come back as text.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Literal
 
-__all__ = ["Kind", "parse_timestamp", "sort_key"]
+__all__ = ["Kind", "parse_timestamp", "sort_key", "step_back"]
 
 Kind = Literal["number", "timestamp"]
 
@@ -70,3 +71,58 @@ def _sub_microseconds(text: str) -> Decimal:
     match = _TIMESTAMP.fullmatch(text.strip())
     fraction = (match.group(7) if match else None) or ""
     return Decimal("0." + fraction[6:]) if len(fraction) > 6 else Decimal(0)
+
+
+def step_back(value: Any, amount: float | None = None) -> Any:
+    """`value` moved back, written in its own form (a number stays a number, a numeric string
+    a string, a timestamp keeps its offset and precision).
+
+    `amount` is seconds for a timestamp and units for a number (`lookback`); None means one
+    step of the value's own precision: the greatest value that sorts before it ("just before").
+    ValueError if the value is neither a number nor a timestamp.
+    """
+    kind, _ = sort_key(value)
+    if kind == "number":
+        return _number_back(value, amount)
+    return _timestamp_back(str(value), amount)
+
+
+def _number_back(value: Any, amount: float | None) -> Any:
+    if isinstance(value, int):
+        if amount is None:
+            return value - 1
+        return value - int(amount) if float(amount).is_integer() else value - amount
+    if isinstance(value, float):
+        return math.nextafter(value, -math.inf) if amount is None else value - amount
+    text = str(value).strip()
+    exact = Decimal(text)
+    step = Decimal(1).scaleb(exact.as_tuple().exponent) if amount is None else Decimal(str(amount))  # type: ignore[arg-type]
+    return str(exact - step)
+
+
+def _timestamp_back(text: str, amount: float | None) -> str:
+    match = _TIMESTAMP.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
+    _, _, _, hour, minute, second, fraction, offset = match.groups()
+    digits = min(len(fraction or ""), 6)
+    if hour is None:
+        unit = timedelta(days=1)
+    elif second is None:
+        unit = timedelta(minutes=1)
+    else:
+        unit = timedelta(microseconds=10 ** (6 - digits))
+    instant = parse_timestamp(text).astimezone(_zone(offset))
+    moved = instant - (unit if amount is None else timedelta(seconds=amount))
+    if hour is None:
+        return moved.date().isoformat()
+    spec = "minutes" if second is None else ("seconds" if digits == 0 else "microseconds")
+    written = moved.replace(tzinfo=None).isoformat(timespec=spec)
+    if digits and spec == "microseconds":
+        written = written[: len(written) - (6 - digits)]
+    return written + _offset_like(offset, moved.utcoffset())
+
+
+def _offset_like(offset: str | None, delta: timedelta | None) -> str:
+    """The offset as the original wrote it (moving an instant back keeps a fixed offset)."""
+    return offset or ""

@@ -20,8 +20,9 @@ from conftest import write_pipeline_file
 from runner import targets as targets_module
 from runner.dev.fake_crm import FakeCrm
 from runner.engine import StopFlag, run
-from runner.errors import EtlError, Interrupted, LockError, StateError, TargetError
+from runner.errors import ConfigError, EtlError, Interrupted, LockError, StateError, TargetError
 from runner.state import open_store
+from runner.timestamps import step_back
 
 NO_WAIT = {"sleep": lambda seconds: None}
 
@@ -38,7 +39,7 @@ def test_records_the_http_target_refused_hold_the_watermark_back_and_come_back_n
     tmp_path: Path, demo_api: Any
 ) -> None:
     """Review 5.1: an incremental pipeline into a CRM that refuses the two records with the
-    oldest updated_at: run 1 is partial; the watermark stays at the oldest refused record,
+    oldest updated_at: run 1 is partial; the watermark stays just before the oldest refused record,
     so once the CRM accepts them the next run sends both (before the fix: never again)."""
     api = demo_api(50)
     oldest = sorted(api.records, key=lambda r: r["updated_at"])[:2]
@@ -59,7 +60,7 @@ def test_records_the_http_target_refused_hold_the_watermark_back_and_come_back_n
             saved = store.watermark("test")
         finally:
             store.close()
-        assert saved == min(r["updated_at"] for r in oldest)
+        assert saved == step_back(min(r["updated_at"] for r in oldest))
         crm.fail_status_for = None
         second = run(path, **NO_WAIT)
     assert (second.status, second.counts.created, second.counts.failed) == ("success", 2, 0)
@@ -210,3 +211,21 @@ def test_max_seconds_ends_a_run_inside_a_rate_limit_wait_as_a_limit(tmp_path: Pa
     result = run(path)
     assert time.monotonic() - started < 10
     assert (result.status, result.stopped_by, result.counts.created) == ("success", "max_seconds", 100)
+
+
+def test_without_the_postgres_driver_a_postgres_target_fails_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review (new user): without psycopg, a postgres target printed two tracebacks; now one
+    line naming the extra, exit 2, and no request is sent (the writer process would only
+    have found out after the first fetch)."""
+    monkeypatch.setattr("runner.db.postgres_driver_installed", lambda: False)
+    sent: list[httpx.Request] = []
+    path = write_pipeline_file(
+        tmp_path, "https://api.test",
+        target={"__replace__": True, "type": "postgres", "dsn": "postgresql://u@127.0.0.1:1/db", "table": "items"},
+    )
+    with pytest.raises(ConfigError) as caught:
+        run(path, transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500)))
+    assert str(caught.value) == "the postgres target needs the PostgreSQL driver: pip install 'etl-runner[postgres]'"
+    assert caught.value.exit_code == 2 and sent == []

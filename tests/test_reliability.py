@@ -193,7 +193,9 @@ def kill_at_seeded_points(
 
 
 def test_sigkilled_runs_rerun_to_exactly_the_source(tmp_path: Path, demo_api: Any, spawn: Any) -> None:
-    """SIGKILL at seeded points, then a re-run: the SQLite target holds every source record once, none extra."""
+    """SIGKILL at seeded points, then a re-run: the SQLite target holds every source record once, none extra.
+    The resumed run keeps the watermark its interrupted run started from (none here); the run
+    after it reads from there, writes nothing, and saves the greatest updated_at."""
     api = demo_api(3000, latency_ms=20, seed=3)
     path = write_pipeline(tmp_path, f"{api.base_url}/items/cursor", limit=50)
     codes, logs = kill_at_seeded_points(spawn, path, seed=7, delays=(0.1, 0.35), kills=4)
@@ -204,8 +206,10 @@ def test_sigkilled_runs_rerun_to_exactly_the_source(tmp_path: Path, demo_api: An
     assert "status=success" in final.stderr
     assert landed(tmp_path / "out.db") == expected(api)
     shown = state_of(tmp_path)
-    assert (shown["keys"], shown["checkpoint"], shown["lock"]) == (3000, None, None)
-    assert shown["watermark"] == greatest_updated_at(api)
+    assert (shown["keys"], shown["checkpoint"], shown["lock"], shown["watermark"]) == (3000, None, None, None)
+    after = etl(path)
+    assert after.returncode == 0 and "resumed=false" in after.stderr and "created=0 updated=0" in after.stderr
+    assert state_of(tmp_path)["watermark"] == greatest_updated_at(api)
 
 
 def crm_pipeline(tmp_path: Path, api: DemoApi, crm: FakeCrm) -> Path:

@@ -26,8 +26,10 @@ import httpx
 
 from runner import log
 from runner.errors import FetchError, PaginationLoopError, ResponseError
+from runner.http.errors import DeadlineReached
 from runner.model import Source
-from runner.extract.pagination import PageRequest, Paginator, paginator_for
+from runner.transform.expressions import json_kind
+from runner.extract.pagination import PageRequest, Paginator, PredictablePaginator, paginator_for
 
 __all__ = ["Page", "SourceReader", "select_records"]
 
@@ -84,8 +86,9 @@ class SourceReader:
         """Yield each page in order until the paginator, a limit or an error ends paging."""
         self._started = self._clock()
         first = self._start or self.paginator.first(self.source.url, self._params)
-        if self.paginator.predictable and self.source.concurrency > 1:
-            return self._concurrent(first)
+        paginator = self.paginator
+        if isinstance(paginator, PredictablePaginator) and paginator.predictable and self.source.concurrency > 1:
+            return self._concurrent(first, paginator)
         return self._sequential(first)
 
     # --- the two loops --------------------------------------------------------
@@ -95,13 +98,17 @@ class SourceReader:
             if self._hit_limit(self.pages_read):
                 return
             self._check_loop(request, self.pages_read + 1)
-            page = self._accept(self._fetch(request))
+            try:
+                fetched = self._fetch(request)
+            except DeadlineReached as exc:
+                self._stop("max_seconds", self.source.limits.max_seconds, reason=str(exc))
+                return
+            page = self._accept(fetched)
             yield page
             request = page.next if self.stopped_by is None else None
 
-    def _concurrent(self, first: PageRequest) -> Iterator[Page]:
+    def _concurrent(self, first: PageRequest, paginator: PredictablePaginator) -> Iterator[Page]:
         """Keep up to `concurrency` pages in flight; the first page alone, as it may tell the total."""
-        paginator: Any = self.paginator
         workers = self.source.concurrency
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-page")
         window: deque[Future[_Fetched]] = deque()
@@ -117,7 +124,11 @@ class SourceReader:
                 if not window:
                     self._hit_limit(submitted)  # the last page said go on, a limit says no
                     return
-                fetched = window.popleft().result()
+                try:
+                    fetched = window.popleft().result()
+                except DeadlineReached as exc:  # inside a request or a wait: the limit, not a failure
+                    self._stop("max_seconds", self.source.limits.max_seconds, reason=str(exc))
+                    return
                 page = self._accept(fetched)
                 left = paginator.remaining(fetched.request, fetched.body)
                 end = end if left is None else page.number + left
@@ -179,11 +190,12 @@ class SourceReader:
             self._stop(*blocked)
         return blocked is not None
 
-    def _stop(self, limit: str, value: float) -> None:
+    def _stop(self, limit: str, value: float, *, reason: str | None = None) -> None:
         self.stopped_by = limit
+        extra = {} if reason is None else {"reason": reason}
         log.event(
             logger, "source.limit_reached", level=logging.WARNING, stopped_by=limit, limit=value,
-            pages=self.pages_read, items=self.items_read,
+            pages=self.pages_read, items=self.items_read, **extra,
         )
 
     def _check_loop(self, request: PageRequest, number: int) -> None:
@@ -212,7 +224,10 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
     if not response.content or response.content.isspace():  # no stripped copy of the body
         return None
     try:
-        return response.json()
+        body = response.json()
+        too_deep = _nested_deeper_than(body, MAX_RESPONSE_DEPTH)
+    except RecursionError:  # json's own limit, far past MAX_RESPONSE_DEPTH
+        too_deep = True
     except ValueError as exc:
         kind = response.headers.get("content-type", "no content-type").split(";")[0]
         excerpt = _excerpt(response.text)
@@ -221,6 +236,28 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
             "check the URL and that the API answers with JSON",
             method=method, path=_path(response), status=response.status_code, detail=excerpt,
         ) from exc
+    if too_deep:  # what reads records later (JMESPath, hashing, targets) recurses per level
+        raise ResponseError(
+            f"response nested deeper than {MAX_RESPONSE_DEPTH} levels",
+            method=method, path=_path(response), status=response.status_code,
+        )
+    return body
+
+
+MAX_RESPONSE_DEPTH = 200
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest more than `limit` deep, one level at a time (no recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child for item in level if isinstance(item, (list, dict))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return False
+    return any(isinstance(item, (list, dict)) for item in level)
 
 
 def select_records(source: Source, body: Any, *, method: str = "GET", path: str = "") -> list[Any]:
@@ -233,22 +270,10 @@ def select_records(source: Source, body: Any, *, method: str = "GET", path: str 
         return found
     text = "@" if expr is None else expr.text
     raise ResponseError(
-        f"records expression {text!r} gave {_json_type(found)}, not a list; "
+        f"records expression {text!r} gave {json_kind(found)}, not a list; "
         "point `records` at the list of records in the response",
         method=method, path=path,
     )
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _path(response: httpx.Response) -> str:

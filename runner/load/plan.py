@@ -57,11 +57,12 @@ class Planner:
         cursor, map_record = self._cursor, self._map
         for raw in page.records:
             counts.processed += 1
-            value = None
+            value, unreadable = cursor.read(raw) if cursor is not None else (None, None)
             if cursor is not None:
-                value = cursor.cursor_of(raw)
                 cursor.observe(value)
             outcome = map_record(raw)
+            if outcome is not None and unreadable is not None:  # it fails alone, moving nothing
+                outcome = Failed(outcome.external_id, raw, unreadable)
             if outcome is None:
                 counts.skipped += 1
             elif isinstance(outcome, Failed):

@@ -14,7 +14,7 @@ from jmespath.exceptions import JMESPathError
 
 from runner.errors import ResponseError
 from runner.model import Incremental
-from runner.timestamps import Kind, sort_key
+from runner.timestamps import Kind, sort_key, step_back
 
 __all__ = ["IncrementalCursor", "Watermark"]
 
@@ -59,6 +59,11 @@ class Watermark:
         if self._key is None or (key < self._key if self.lowest else key > self._key):
             self._value, self._key = value, key
 
+    def check(self, value: Any) -> None:
+        """Raise ResponseError when `value` cannot join this watermark (not a number or
+        timestamp, or not of the kind of the values so far)."""
+        self._checked_key(value)
+
     def lesser(self, value: Any) -> Any:
         """The lesser of `.value` and `value` (both as written); None counts as absent."""
         if value is None or self._value is None:
@@ -90,12 +95,20 @@ class IncrementalCursor:
     """The one home of the incremental watermark for one run.
 
     - `params(base)`: the first request's query, with the saved watermark (or
-      `initial_value`) as the incremental param.
-    - `observe(raw)`: every source record read; the greatest cursor value wins.
+      `initial_value`), less `lookback`, as the incremental param.
+    - `read(raw)`: a record's cursor value, or why it cannot be read (that record
+      fails alone: a value that is no number or timestamp, or of another kind).
+    - `observe(value)`: every record read; the greatest cursor value wins.
     - `hold_back(value)`: a record that failed, in mapping or at the target, keeps
-      the watermark at or before its own cursor value, so the next run reads it again.
-    - `seen`: what a checkpoint carries, so a resumed run goes on from it.
-    - `to_save()`: the value the run saves when it succeeds (or finishes partial).
+      the watermark just before its own cursor value, so the next run reads it again.
+    - `seen`: what a checkpoint carries.
+    - `to_save(...)`: the value the run saves at its end, or None to keep the saved one.
+
+    When the watermark may move (the rule that keeps every record): only after a run
+    that read to the end and was not resumed from a checkpoint (a resumed run keeps the
+    watermark its interrupted run started from: positions may have shifted in between);
+    a run that a limit stopped keeps it too, unless the source is declared `order: asc`
+    (then the greatest committed value is safe to start from).
     """
 
     def __init__(self, spec: Incremental, *, saved: Any, resumed_from: Any = None) -> None:
@@ -106,19 +119,37 @@ class IncrementalCursor:
         if resumed_from is not None:
             self._greatest.observe(resumed_from)
 
+    @property
+    def ascending(self) -> bool:
+        return self._spec.order == "asc"
+
     def params(self, base: Mapping[str, Any]) -> dict[str, Any]:
         params = dict(base)
-        value = self._saved if self._saved is not None else self._spec.initial_value
-        if value is not None:
+        value = self.sent_value()
+        if value is not None and self._spec.param is not None:
             params[self._spec.param] = value
         return params
 
-    def cursor_of(self, raw: Any) -> Any:
-        """The record's cursor value, or None when it has none (or it cannot be read)."""
+    def sent_value(self) -> Any:
+        """What the first request says: the saved watermark (or the initial value) less `lookback`."""
+        value = self._saved if self._saved is not None else self._spec.initial_value
+        if value is None or not self._spec.lookback:
+            return value
+        return step_back(value, self._spec.lookback)
+
+    def read(self, raw: Any) -> tuple[Any, str | None]:
+        """The record's cursor value (None when it has none), and the reason it cannot be used."""
         try:
-            return self._spec.cursor_field.search(raw)
+            value = self._spec.cursor_field.search(raw)
         except JMESPathError:  # a record whose cursor cannot be read does not move it
-            return None
+            return None, None
+        if value is None:
+            return None, None
+        try:
+            self._greatest.check(value)
+        except ResponseError as exc:
+            return None, str(exc)
+        return value, None
 
     def observe(self, value: Any) -> None:
         self._greatest.observe(value)
@@ -134,8 +165,12 @@ class IncrementalCursor:
     def seen(self) -> Any:
         return self._greatest.value
 
-    def to_save(self) -> Any:
-        """The greatest cursor value seen, held back to the least failed record's value."""
-        if self._least_failed is not None and self._least_failed.value is not None:
-            return self._greatest.lesser(self._least_failed.value)
-        return self._greatest.value
+    def to_save(self, *, read_to_end: bool, resumed: bool) -> Any:
+        """The watermark to save after a successful (or partial) run; None keeps the saved one."""
+        if resumed or not (read_to_end or self.ascending):
+            return None
+        greatest = self._greatest.value
+        if self._least_failed is None or self._least_failed.value is None:
+            return greatest
+        before = step_back(self._least_failed.value)
+        return before if greatest is None else self._greatest.lesser(before)
