@@ -45,6 +45,7 @@ from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
 from runner.state.base import now_iso
 from runner.targets import Target, dry_run_target, open_target
+from runner.transform.values import INT64
 
 __all__ = ["Counts", "RunResult", "StopFlag", "run"]
 
@@ -191,7 +192,8 @@ class _Run:
     def _pump(self) -> None:
         """Pages from the reader (fetched ahead) through the planner to the applier."""
         assert self.reader is not None and self.applier is not None
-        planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages)
+        int_range = INT64 if isinstance(self.pipeline.target, SqliteTarget) else None
+        planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range)
         pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES)
         with closing(pages):
             try:

@@ -505,3 +505,24 @@ def test_a_run_with_postgres_state_and_target_lands_once_and_reruns_write_nothin
     assert (dry.counts.skipped, second.counts.skipped, second.counts.created + second.counts.updated) == (1000, 1000, 0)
     assert query(dsn, "SELECT * FROM items ORDER BY external_id") == before
     assert [r[0] for r in query(dsn, "SELECT status FROM etl_state.runs ORDER BY started_at")] == ["success", "success"]
+
+
+def test_nan_into_a_postgres_target_fails_its_record_not_the_page(tmp_path: Path, dsn: str) -> None:
+    """Reliability D9: jsonb refuses NaN, and the whole page failed on every run; now the
+    record holding it fails alone and the others land (PostgreSQL takes a 2^63 integer)."""
+    import httpx
+
+    from conftest import whole, write_pipeline_file
+    from runner.engine import run
+
+    body = '{"data": [{"id": 1, "v": 1.5}, {"id": 2, "v": NaN}, {"id": 3, "v": 9223372036854775808}]}'
+    path = write_pipeline_file(
+        tmp_path, "https://api.test",
+        source={"url": "https://api.test/items", "pagination": whole({"type": "none"})},
+        mapping={"fields": whole({"v": "v"})}, target=whole({"type": "postgres", "dsn": dsn, "table": "items"}),
+    )
+    result = run(path, transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body.encode())))
+    assert (result.status, result.counts.created, result.counts.failed) == ("partial", 2, 1)
+    with psycopg.connect(dsn) as db:
+        rows = dict(db.execute("SELECT external_id, v::text FROM items").fetchall())
+    assert rows == {"1": "1.5", "3": "9223372036854775808"}

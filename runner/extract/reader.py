@@ -15,6 +15,7 @@ and paging stops at the first page that says so.
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from runner.errors import FetchError, PaginationLoopError, ResponseError
 from runner.http.errors import DeadlineReached
 from runner.model import Source
 from runner.transform.expressions import json_kind
+from runner.transform.values import parse_huge
 from runner.extract.pagination import PageRequest, Paginator, PredictablePaginator, paginator_for
 
 __all__ = ["Page", "SourceReader", "select_records"]
@@ -224,7 +226,7 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
     if not response.content or response.content.isspace():  # no stripped copy of the body
         return None
     try:
-        body = response.json()
+        body = _json(response)
         too_deep = _nested_deeper_than(body, MAX_RESPONSE_DEPTH)
     except RecursionError:  # json's own limit, far past MAX_RESPONSE_DEPTH
         too_deep = True
@@ -245,6 +247,17 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
 
 
 MAX_RESPONSE_DEPTH = 200
+
+
+def _json(response: httpx.Response) -> Any:
+    """The decoded body; a number of more than 4,300 digits (which Python will not make an
+    int) is kept as HugeNumber text, so that its record fails alone, not the page."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        if "digits" not in str(exc):
+            raise
+        return json.loads(response.content, parse_int=parse_huge)
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:

@@ -22,6 +22,7 @@ from runner.model import MappingSpec
 from runner.result import Counts
 from runner.state.base import FailedRecord
 from runner.transform.mapping import Failed, Mapper
+from runner.transform.values import unstorable
 
 
 @dataclass(slots=True)
@@ -44,9 +45,13 @@ class Checkpoint:
 class Planner:
     """Maps pages into plans, numbering them on from `pages_before` (the checkpoint's count)."""
 
-    def __init__(self, mapping: MappingSpec, *, cursor: IncrementalCursor | None, pages_before: int = 0) -> None:
+    def __init__(
+        self, mapping: MappingSpec, *, cursor: IncrementalCursor | None, pages_before: int = 0,
+        int_range: tuple[int, int] | None = None,
+    ) -> None:
         self._map = Mapper(mapping).map
         self._cursor = cursor
+        self._int_range = int_range  # the integers the target stores (SQLite: 64 bits)
         self.planned = pages_before  # the number of the last page planned
 
     def plan(self, page: Page) -> PagePlan:
@@ -75,6 +80,11 @@ class Planner:
                 mapped[outcome.external_id] = outcome.record
                 if value is not None:
                     cursors[outcome.external_id] = value
+        for key, error in unstorable(mapped.items(), int_range=self._int_range).items():
+            record = mapped.pop(key)
+            failed.append(FailedRecord(key, record, error))
+            if cursor is not None:
+                cursor.hold_back(cursors.pop(key, None))
         self.planned += 1
         return PagePlan(
             self.planned, len(page.records), list(mapped.items()), failed, self._checkpoint(page), counts, cursors
