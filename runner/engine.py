@@ -31,7 +31,8 @@ import httpx
 from runner import log
 from runner.config import load_pipeline
 from runner.db import require_postgres_driver
-from runner.errors import EtlError, Interrupted
+from runner.errors import EtlError, Interrupted, StateError
+from runner.extract.pagination import paginator_for
 from runner.extract.prefetch import prefetch
 from runner.extract.reader import SourceReader
 from runner.http.client import HttpClient
@@ -268,8 +269,19 @@ class _Run:
     def _checkpoint(self) -> Checkpoint | None:
         if self.options.restart or self.options.full_refresh:
             return None
-        text = self.store.checkpoint(self.pipeline.name)
-        return None if text is None else Checkpoint.loads(text)
+        name = self.pipeline.name
+        text = self.store.checkpoint(name)
+        if text is None:
+            return None
+        try:
+            checkpoint = Checkpoint.loads(text)
+            paginator_for(self.pipeline.source.pagination).describe(checkpoint.next)  # a page style reads its param
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StateError(
+                f"pipeline {name!r}: the saved checkpoint cannot be used ({type(exc).__name__}: {exc}); "
+                f"run with --restart to read from the start, or `etl state reset {name}`"
+            ) from exc
+        return checkpoint
 
     def _cursor(self) -> IncrementalCursor | None:
         spec = self.pipeline.source.incremental

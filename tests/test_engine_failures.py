@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import write_pipeline_file
+from conftest import whole, write_pipeline_file
 from runner import targets as targets_module
 from runner.dev.fake_crm import FakeCrm
 from runner.engine import StopFlag, run
@@ -229,3 +229,26 @@ def test_without_the_postgres_driver_a_postgres_target_fails_before_any_request(
         run(path, transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500)))
     assert str(caught.value) == "the postgres target needs the PostgreSQL driver: pip install 'etl-runner[postgres]'"
     assert caught.value.exit_code == 2 and sent == []
+
+
+@pytest.mark.parametrize(
+    "checkpoint",
+    ["not json", '{"next": 5, "pages": 1}', '{"next": {"url": "http://x/items/page"}, "pages": 3}', "[]"],
+    ids=["not-json", "next-not-a-request", "no-page-param", "a-list"],
+)
+def test_a_corrupt_checkpoint_is_one_state_error_naming_the_way_out(
+    tmp_path: Path, demo_api: Any, checkpoint: str
+) -> None:
+    """Reliability D10: a checkpoint row that is not JSON, or not one, gave a JSONDecodeError,
+    TypeError or KeyError traceback; now one StateError that says --restart or reset."""
+    api = demo_api(30)
+    path = write_pipeline_file(tmp_path, api.base_url, target=whole({"type": "jsonl", "path": "{tmp}/o.jsonl"}))
+    assert run(path, **NO_WAIT).counts.created == 30
+    db = sqlite3.connect(tmp_path / "state.db")
+    with db:
+        db.execute("UPDATE pipelines SET checkpoint=?", (checkpoint,))
+    db.close()
+    with pytest.raises(StateError, match="--restart") as caught:
+        run(path, **NO_WAIT)
+    assert caught.value.result is not None and caught.value.result.exit_code == 1
+    assert run(path, restart=True, **NO_WAIT).status == "success"

@@ -38,8 +38,19 @@ class Checkpoint:
 
     @classmethod
     def loads(cls, text: str) -> Checkpoint:
-        data = json.loads(text)
-        return cls(PageRequest.from_json(data["next"]), data["pages"], data.get("watermark"))
+        """The checkpoint a run saved; ValueError when the text is not one."""
+        try:
+            data = json.loads(text)
+            following, pages = data["next"], data["pages"]
+            if not (isinstance(following, dict) and isinstance(following.get("url"), str)):
+                raise ValueError("'next' is not a request")
+            if not isinstance(following.get("params") or {}, dict):
+                raise ValueError("'next.params' is not an object")
+            if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
+                raise ValueError("'pages' is not a page count")
+            return cls(PageRequest.from_json(following), pages, data.get("watermark"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"missing or wrong {exc}") from exc
 
 
 class Planner:
