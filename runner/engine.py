@@ -195,7 +195,7 @@ class _Run:
         assert self.reader is not None and self.applier is not None
         int_range = INT64 if isinstance(self.pipeline.target, SqliteTarget) else None
         planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range)
-        pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES)
+        pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES, stop=self.stop)
         with closing(pages):
             try:
                 for page in pages:

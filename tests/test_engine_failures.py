@@ -252,3 +252,26 @@ def test_a_corrupt_checkpoint_is_one_state_error_naming_the_way_out(
         run(path, **NO_WAIT)
     assert caught.value.result is not None and caught.value.result.exit_code == 1
     assert run(path, restart=True, **NO_WAIT).status == "success"
+
+
+def test_the_first_sigterm_ends_a_run_whose_next_page_is_slow(tmp_path: Path) -> None:
+    """Issue 14: the first SIGTERM always ends a run. Page 2 takes 20 s to answer; a stop
+    after page 1 is committed ends the run at once (it used to wait for the page)."""
+    stop = StopFlag()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("page", "1") != "1":
+            time.sleep(20)
+        return httpx.Response(200, json={"data": [{"id": int(request.url.params.get("page", "1")), "name": "a"}]})
+
+    path = write_pipeline_file(
+        tmp_path, "https://api.test",
+        source={"url": "https://api.test/items", "concurrency": 1, "pagination": whole({"type": "page"})},
+        target=whole({"type": "jsonl", "path": "{tmp}/out.jsonl"}),
+    )
+    started = time.monotonic()
+    with pytest.raises(Interrupted) as caught:
+        run(path, transport=httpx.MockTransport(handler), stop=stop,
+            on_progress=lambda counts, pages, elapsed: stop.stop("SIGTERM"))
+    assert time.monotonic() - started < 5
+    assert caught.value.result is not None and caught.value.result.counts.created == 1

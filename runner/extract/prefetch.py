@@ -26,8 +26,19 @@ class _Failure:
         self.error = error
 
 
-def prefetch(source: Iterator[T], *, depth: int = 2) -> Generator[T, None, None]:
-    """Yield what `source` yields, produced up to `depth` items ahead in a thread."""
+# after a stop, how long closing waits for a producer that is inside a blocking call (an
+# HTTP read): it is a daemon thread, and what it holds (the run's client) is closed after this
+JOIN_SECONDS = 1.0
+
+
+def prefetch(
+    source: Iterator[T], *, depth: int = 2, stop: threading.Event | None = None
+) -> Generator[T, None, None]:
+    """Yield what `source` yields, produced up to `depth` items ahead in a thread.
+
+    When `stop` is set, iteration ends at once, even while the producer is blocked
+    (a slow page): the consumer never waits on work it no longer wants.
+    """
     items: queue.Queue[object] = queue.Queue(maxsize=depth)
     closed = threading.Event()
     context = contextvars.copy_context()
@@ -37,7 +48,7 @@ def prefetch(source: Iterator[T], *, depth: int = 2) -> Generator[T, None, None]
     worker.start()
     try:
         while True:
-            item = items.get()
+            item = _get(items, stop)
             if item is _DONE:
                 return
             if isinstance(item, _Failure):
@@ -46,7 +57,19 @@ def prefetch(source: Iterator[T], *, depth: int = 2) -> Generator[T, None, None]
     finally:
         closed.set()
         _drain(items)
-        worker.join()
+        worker.join(JOIN_SECONDS if stop is not None and stop.is_set() else None)
+
+
+def _get(items: queue.Queue[object], stop: threading.Event | None) -> object:
+    """The next item; _DONE as soon as `stop` is set."""
+    if stop is None:
+        return items.get()
+    while not stop.is_set():
+        try:
+            return items.get(timeout=0.05)
+        except queue.Empty:
+            continue
+    return _DONE
 
 
 def _produce(source: Iterator[T], items: queue.Queue[object], closed: threading.Event) -> None:
