@@ -212,6 +212,40 @@ def test_sigkilled_runs_rerun_to_exactly_the_source(tmp_path: Path, demo_api: An
     assert state_of(tmp_path)["watermark"] == greatest_updated_at(api)
 
 
+@pytest.mark.parametrize("style", ["page", "offset"])
+def test_a_source_that_changes_between_the_kill_and_the_rerun_ends_exact(
+    tmp_path: Path, demo_api: Any, spawn: Any, style: str
+) -> None:
+    """Reliability D3: an incremental listing sorted by updated_at (positions shift when a
+    record changes). After a full run every record changes; a run is SIGKILLed part-way; the
+    first 50 records (already committed) change again and move to the end, so later ones
+    slide onto pages the resumed run skips. The resumed run keeps the watermark its killed
+    run started from, and the run after it reads them: the target ends exact."""
+    api = demo_api(2000, latency_ms=10, seed=4)
+    path = write_pipeline(
+        tmp_path, f"{api.base_url}/items/{style}", style="page", limit=50,
+        source={"params": {"sort": "updated_at"}, "concurrency": 1} if style == "page" else
+        {"params": {"sort": "updated_at"}, "concurrency": 1, "pagination": whole({"type": "offset", "limit": 50})},
+    )
+    assert etl(path).returncode == 0
+    for record in api.records:
+        api.update_record(record["id"])
+    log_path = tmp_path / "killed.log"
+    proc = spawn(path, log_path)
+    wait_for(proc, log_path, "event=http.request", count=15)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    assert state_of(tmp_path)["checkpoint"] is not None
+    for record in sorted(api.records, key=lambda r: parse_timestamp(r["updated_at"]))[:50]:
+        api.update_record(record["id"])
+    resumed = etl(path)
+    assert resumed.returncode == 0 and "resumed=true" in resumed.stderr, resumed.stderr
+    after = etl(path)
+    assert after.returncode == 0 and "resumed=false" in after.stderr, after.stderr
+    assert landed(tmp_path / "out.db") == expected(api)
+    assert etl(path).stderr.count("created=0 updated=0") == 1
+
+
 def crm_pipeline(tmp_path: Path, api: DemoApi, crm: FakeCrm) -> Path:
     target = whole({
         "type": "http", "base_url": crm.base_url,

@@ -8,7 +8,9 @@ endpoints, the fault injection and the command line; `runner.dev.localserver`
 the socket plumbing.
 
 Endpoints (all take `updated_since`, an ISO timestamp: records whose
-`updated_at` instant is at or after it). Page sizes default to 100, but 30
+`updated_at` instant is at or after it, and `sort=updated_at`: listed by
+that instant, so a changed record moves to the end and the positions of
+those after it shift, as in many real APIs). Page sizes default to 100, but 30
 for `link_header` (as GitHub) and 10 for `stripe` (as Stripe):
 
     GET /items/none         {"data": [...all]}
@@ -305,7 +307,8 @@ class DemoApi(LocalServer):
         if method != "GET" or len(segments) != 2 or segments[0] != "items" or segments[1] not in STYLES:
             raise KeyError(parts.path)
         endpoint: Callable[[View, _Query], _Reply] = getattr(self._endpoints, segments[1])
-        return endpoint(self._store.current.view(q.since()), q)
+        by_time = q.values.get("sort") == "updated_at"
+        return endpoint(self._store.current.view(q.since(), by_time=by_time), q)
 
     def _admin(self, segments: list[str], q: _Query, body: bytes) -> _Reply:
         if segments[:1] == ["update"] and len(segments) == 2:

@@ -93,13 +93,17 @@ class _Snapshot:
         instants = [_instant(r["updated_at"]) for r in records]
         return cls(records, instants, View([r["id"] for r in records], [encode(r) for r in records]))
 
-    def view(self, since: datetime | None) -> View:
-        if since is None:
+    def view(self, since: datetime | None, *, by_time: bool = False) -> View:
+        """The records at or after `since`, by id (or by updated_at, then id: a listing
+        whose positions shift when a record changes, as many APIs' are)."""
+        if since is None and not by_time:
             return self.all
-        key = since.isoformat()
+        key = f"{since.isoformat() if since else ''}|{by_time}"
         found = self.views.get(key)
         if found is None:
-            keep = [i for i, t in enumerate(self.instants) if t >= since]
+            keep = [i for i, t in enumerate(self.instants) if since is None or t >= since]
+            if by_time:
+                keep.sort(key=lambda i: (self.instants[i], self.all.ids[i]))
             found = View([self.all.ids[i] for i in keep], [self.all.blobs[i] for i in keep])
             if len(self.views) < CACHED_VIEWS:
                 self.views[key] = found
