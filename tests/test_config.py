@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runner import config, model
+from runner.config import yamlpos
 from runner.errors import ConfigError, Problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +163,24 @@ INVALID: list[tuple[str, str, str, str, int, int]] = [
     ("unclosed-variable", "name: demo", "name: demo\ndescription: 'a ${B'", "'${' is not closed", 3, 14),
     ("duplicate-key", "  table: items\n", "  table: items\n  table: other\n",
      "duplicate key 'table'; it is already set above in this mapping", 16, 3),
+    # `$` of a schema pattern is the end of the text (ECMA-262), not also before a final newline
+    ("name-trailing-newline", "name: demo", 'name: "demo\\n"',
+     "invalid value 'demo\\n': use lowercase letters, digits", 2, 7),
+    ("table-trailing-newline", "table: items", 'table: "items\\n"',
+     "invalid value 'items\\n': use letters, digits and '_'", 15, 10),
+    ("field-name-trailing-newline", "    name: name", '    "name\\n": name',
+     "invalid name 'name\\n': use letters, digits and '_', not starting with a digit", 10, 5),
+    ("field-named-external-id", "    name: name", "    external_id: name",
+     "invalid name 'external_id': the target keeps the key of `mapping.external_id` under that name", 10, 5),
+    ("concurrency-maximum", "  records: data", "  concurrency: 65", "must be at most 64, got 65", 5, 16),
+    ("huge-integer", "size: 100}", "size: " + "9" * 5000 + "}",
+     "cannot read this value: a number of more than 4,300 digits", 6, 34),
+    ("huge-sexagesimal-integer", "size: 100}", "size: 1" + ":1" * 5000 + "}",
+     "cannot read this value: a number of more than 4,300 digits", 6, 34),
+    ("huge-hex-integer", "size: 100}", "size: 0x" + "f" * 4000 + "}",
+     "cannot read this value: a number of more than 4,300 digits", 6, 34),
+    ("binary-tag", "  records: data", "  records: data\n  json: {a: !!binary aGk=}",
+     "cannot read this value: the tag '!!binary' is not supported", 6, 13),
 ]
 
 
@@ -258,12 +279,23 @@ def test_yaml_syntax_error_gives_line_and_column() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     ("", "the file is empty"),
     ("# only a comment\n", "the file is empty"),
+    ("null\n", "the document is null; expected a pipeline mapping"),
+    ("# a comment\n~\n", "the document is null; expected a pipeline mapping"),
     ("- a\n- b\n", "expected a mapping, got a list"),
     ("a: 1\n---\nb: 2\n", "expected a single document in the stream"),
     ("a: !custom x\n", "cannot read this value"),
     ("a: &x [*x]\n", "an alias refers to itself"),
     ("? [a, b]\n: 1\n", "a mapping key must be a plain string"),
     ("a: \x07\n", "invalid YAML: special characters are not allowed"),
+    ("a: !!timestamp 2024-01-01\n", "cannot read this value: the tag '!!timestamp' is not supported"),
+    ("a: !!timestamp x\n", "cannot read this value: the tag '!!timestamp' is not supported"),
+    ("a: !!int x\n", "cannot read this value: not a valid integer"),
+    ("a: !!int ''\n", "cannot read this value: not a valid integer"),
+    ("a: !!bool x\n", "cannot read this value: not a valid boolean"),
+    ("a: !!float x\n", "cannot read this value: not a valid number"),
+    ("a: {<<: 1}\n", "invalid merge key: expected a mapping or a list of mappings, found a scalar"),
+    ("a: {<<: [[1]]}\n", "invalid merge key: expected a mapping or a list of mappings, found a list"),
+    ("a: &a {<<: *a}\n", "an alias refers to itself"),
 ])
 def test_unusable_documents_are_reported(tmp_path: Path, text: str, message: str) -> None:
     """Empty files, non-mappings, several documents and unknown tags are problems, not crashes."""
@@ -291,6 +323,133 @@ def test_anchors_and_merge_keys_work(tmp_path: Path) -> None:
     pipeline = config.load_pipeline(write(tmp_path, text), env={})
     assert pipeline.source.timeout.connect == 1.0
     assert pipeline.source.retry.max_attempts == 2 and pipeline.source.retry.backoff_max == 3.0
+
+
+def test_merge_keys_follow_yaml_precedence() -> None:
+    """Keys written in the mapping win over merged ones, and an earlier merged mapping over a later one."""
+    text = "p: &p {a: p, b: p}\nq: &q {a: q, b: q, c: q}\nm: {<<: [*p, *q], b: written}\n"
+    doc, found = yamlpos.parse(text, "f.yaml")
+    assert found == [] and doc is not None
+    assert doc.data["m"] == {"a": "p", "b": "written", "c": "q"}
+
+
+# --- limits of the parse: aliases, depth, numbers ----------------------------------------------
+
+
+def laughs(levels: int = 9, width: int = 10) -> str:
+    """The "billion laughs" file: `a0: &a0 ["lol", ...]`, then `a1: &a1 [*a0, ...]` ... (470 bytes)."""
+    lol = ",".join(['"lol"'] * width)
+    lines = [f"a0: &a0 [{lol}]"]
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def merge_laughs(levels: int = 9, width: int = 10) -> str:
+    """The same bomb through `<<` merge keys (older PyYAML releases flattened it into 10^8 key pairs)."""
+    lines = ["m0: &m0 {k: v}"]
+    lines += [f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}'] * width)}]}}" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def timed_errors(tmp_path: Path, text: str) -> tuple[list[Problem], float]:
+    """The errors of `text` as a file and the seconds taken to find them."""
+    path = write(tmp_path, text)
+    started = time.perf_counter()
+    found = errors(config.check_file(path, env={}))
+    return found, time.perf_counter() - started
+
+
+def peak_memory(tmp_path: Path, text: str) -> int:
+    """The most memory (bytes) allocated at once while checking `text` as a file."""
+    path = write(tmp_path, text)
+    tracemalloc.start()
+    try:
+        config.check_file(path, env={})
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("text", "line", "column", "path"), [
+    (laughs(), 4, 38, "a3[7]"),
+    (merge_laughs(), 5, 45, "m4"),
+], ids=["aliases", "merge-keys"])
+def test_an_alias_bomb_is_one_error_at_the_alias(
+    tmp_path: Path, text: str, line: int, column: int, path: str
+) -> None:
+    """Aliases expanding past 10,000 nodes give one error at the alias that crosses it, fast and in little memory."""
+    found, seconds = timed_errors(tmp_path, text)
+    assert [(p.line, p.column, p.path) for p in found] == [(line, column, path)]
+    assert found[0].message.startswith("YAML aliases expand past 10,000 nodes here")
+    assert seconds < 1
+    assert peak_memory(tmp_path, text) < 20_000_000
+
+
+def test_the_billion_laughs_file_is_470_bytes() -> None:
+    """The bomb above is the review's file: a few hundred bytes that would expand to 10^9 strings."""
+    assert len(laughs().encode()) == 470
+
+
+def test_aliases_may_expand_to_10000_nodes(tmp_path: Path) -> None:
+    """100 aliases to a list of 99 items build 10,000 nodes again, which is allowed; one more alias is not."""
+    items = ", ".join(["1"] * 99)
+    text = f"a: &a [{items}]\nb: [{', '.join(['*a'] * 100)}]\n"
+    assert not any("aliases" in p.message for p in config.check_file(write(tmp_path, text), env={}))
+    found = errors(config.check_file(write(tmp_path, text.replace("*a]", "*a, *a]")), env={}))
+    assert [(p.line, p.column, p.path) for p in found] == [(2, 405, "b[100]")]
+
+
+@pytest.mark.parametrize(("text", "line", "column"), [
+    ("version: 1\ndescription: " + "[" * 20_000 + "]" * 20_000 + "\n", 2, 113),
+    ("version: 1\ndescription:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 3001)), 102, 101),
+    ("a: &a " + "[" * 60 + "]" * 60 + "\nb: " + "[" * 60 + "*a" + "]" * 60 + "\n", 2, 64),
+], ids=["flow-20000", "block-3000", "through-aliases"])
+def test_a_file_nested_deeper_than_100_levels_is_one_error(
+    tmp_path: Path, text: str, line: int, column: int
+) -> None:
+    """Deep nesting, written or through aliases, is one error where it passes 100 levels; never a RecursionError."""
+    found, seconds = timed_errors(tmp_path, text)
+    assert [(p.line, p.column, p.message) for p in found] == [
+        (line, column, "nested deeper than 100 levels; a pipeline file needs far fewer")
+    ]
+    assert seconds < 2
+    with pytest.raises(ConfigError) as caught:
+        config.load_pipeline(tmp_path / "pipeline.yaml", env={})
+    assert len(caught.value.problems) == 1 and caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(("depth", "deep_enough"), [(99, False), (100, True)])
+def test_100_levels_are_allowed(tmp_path: Path, depth: int, deep_enough: bool) -> None:
+    """The top-level mapping and 99 lists inside it are 100 levels, the most a file may nest."""
+    text = BASE.replace("name: demo", f"name: demo\ndescription: {'[' * depth}{']' * depth}")
+    messages = [p.message for p in errors(config.check_file(write(tmp_path, text), env={}))]
+    assert any("nested deeper" in m for m in messages) is deep_enough
+    assert messages == (messages[:1] if deep_enough else ["expected a string, got a list"])
+
+
+def test_problems_stay_one_line_whatever_the_key(tmp_path: Path) -> None:
+    """A key holding a newline is quoted in the key path and the message, so each problem prints as one line."""
+    text = BASE.replace("  records: data", '  records: data\n  "rec\\nords": x').replace(
+        "    name: name", '    "name\\n": name')
+    found = config.check_file(write(tmp_path, text), env={})
+    assert [p.path for p in found] == ["source['rec\\nords']", "mapping.fields['name\\n']"]
+    assert all("\n" not in str(p) for p in found)
+
+
+def test_an_interpolated_number_too_long_to_read_stays_text(tmp_path: Path) -> None:
+    """`concurrency: ${N}` with N of 5,000 digits stays text (Python reads no such int): the schema says what is wrong."""
+    text = BASE.replace("  records: data", "  records: data\n  concurrency: ${N}")
+    found = config.check_file(write(tmp_path, text), env={"N": "9" * 5000})
+    assert [(p.path, p.message) for p in found] == [("source.concurrency", "expected an integer, got a string")]
+
+
+def test_many_unclosed_variables_are_checked_in_linear_time(tmp_path: Path) -> None:
+    """A string of 100,000 unclosed `${` is one malformed-variable error, found at once (not in quadratic time)."""
+    text = BASE.replace("name: demo", "name: demo\ndescription: '" + "${" * 100_000 + "'")
+    started = time.perf_counter()
+    found = config.check_file(write(tmp_path, text), env={})
+    assert time.perf_counter() - started < 1
+    assert [p.message[:20] for p in found] == ["'${' is not closed; "]
 
 
 # --- interpolation and .env ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests of `etl validate`, `etl schema` and `etl --version` through click's CliRunner."""
+"""Tests of `etl validate`, `etl schema` and `etl --version` through click's CliRunner;
+and of `etl run` on files that `etl validate` refuses."""
 
 from __future__ import annotations
 
@@ -124,6 +125,47 @@ def test_syntax_error_is_one_located_line() -> None:
     assert result.exit_code == 1
     assert result.stdout.startswith("syntax_error.yaml:6:8: invalid YAML: expected ',' or '}'")
     assert result.stdout.count("\n") == 1
+
+
+LAUGHS = "a0: &a0 [" + ",".join(['"lol"'] * 10) + "]\n" + "".join(
+    f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)
+)
+ADVERSARIAL = {
+    "laughs.yaml": (LAUGHS, "laughs.yaml:4:38: a3[7]: YAML aliases expand past 10,000 nodes here"),
+    "deep.yaml": (
+        "version: 1\ndescription: " + "[" * 20_000 + "]" * 20_000 + "\n",
+        "deep.yaml:2:113: nested deeper than 100 levels",
+    ),
+    "block.yaml": (
+        "version: 1\ndescription:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 3001)),
+        "block.yaml:102:101: nested deeper than 100 levels",
+    ),
+    "newline.yaml": (
+        GOOD.replace("fields: {a: a}", 'fields: {"a\\n": a}'),
+        "newline.yaml:7:12: mapping.fields['a\\n']: invalid name 'a\\n'",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_adversarial_file_is_one_line_and_exit_1(workdir: Path, name: str) -> None:
+    """An alias bomb, deep nesting or a key with a newline prints one FILE:LINE:COL line, no traceback, exit 1."""
+    text, line = ADVERSARIAL[name]
+    (workdir / name).write_text(text, encoding="utf-8")
+    result = etl("validate", name)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # not an uncaught error
+    assert result.stdout.startswith(line) and result.stdout.count("\n") == 1, result.output[-300:]
+
+
+@pytest.mark.parametrize("name", ADVERSARIAL)
+def test_run_of_an_adversarial_file_is_a_configuration_error(workdir: Path, name: str) -> None:
+    """`etl run` refuses the same files as configuration errors: one line on stderr, exit 2, nothing run."""
+    text, line = ADVERSARIAL[name]
+    (workdir / name).write_text(text, encoding="utf-8")
+    result = etl("run", name)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith(line) and result.stderr.count("\n") == 1, result.stderr[-300:]
+    assert "Traceback" not in result.output and not (workdir / ".etl").exists()
 
 
 def test_json_format_lists_every_finding() -> None:

@@ -16,7 +16,9 @@ from typing import Any
 
 from runner.config.yamlpos import KeyPath, resolve_plain
 
-_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)\}|\$\{")
+# `${` takes everything up to the next `}` (or the end, when unclosed) in one match: an
+# alternative that backtracked from the end for each unclosed `${` was quadratic.
+_TOKEN = re.compile(r"\$\$\{|\$\{(?P<body>[^}]*)(?P<close>\}?)")
 _BODY = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
 
 
@@ -80,8 +82,10 @@ class _Expansion:
         token = match.group(0)
         if token == "$${":
             return "${"
-        body = match.group("body")
-        parsed = _BODY.fullmatch(body) if body is not None else None
+        if not match.group("close"):
+            self.malformed.append(_malformed("${"))
+            return token
+        parsed = _BODY.fullmatch(match.group("body"))
         if parsed is None:
             self.malformed.append(_malformed(token))
             return token

@@ -167,7 +167,7 @@ def _analyse(
     variables = _variables(env, env_file, report)
     values = interpolate(doc.data, variables, plain=doc.plain)
     _env_problems(values.missing, values.malformed, report, strict)
-    unchecked = set(values.missing) | set(values.malformed) | _non_finite(values.data, report)
+    unchecked = set(values.missing) | set(values.malformed) | _non_finite(values.data, report) | doc.unreadable
     for path, message, key in schema_findings(values.data, skip=unchecked):
         report.add(path, message, key=key)
     compiled = _expressions(values.data, report, unchecked)

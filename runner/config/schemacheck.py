@@ -6,7 +6,11 @@ match, a bad value with the valid ones, a missing key at its parent. Typed
 blocks (`auth`, `pagination`, `target`) are an enum of types plus one
 `if`/`then` per type in the schema, so only the written type's rules apply
 and no `oneOf` wall of errors can arise. A `not` rule (keys that exclude
-each other) carries its message in its `description`.
+each other, a reserved name) carries its message in its `description`.
+
+`pattern` is matched as JSON Schema means it, in ECMA-262's dialect, where
+`$` is the end of the text: Python's `$` also matches before a final
+newline, which let `name: "bad\n"` pass `^[a-z0-9][a-z0-9_-]*$`.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from collections.abc import Container, Iterator
 from importlib import resources
 from typing import Any, Callable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
+from jsonschema.protocols import Validator
 
 from runner.config.yamlpos import KeyPath, dotted
 
@@ -57,8 +63,39 @@ def suggest(word: str, choices: list[str], listing: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def _validator() -> Draft202012Validator:
-    return Draft202012Validator(load_schema())
+def _validator() -> Validator:
+    return _EcmaValidator(load_schema())
+
+
+def _ecma_pattern(
+    validator: Validator, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    """The `pattern` keyword with `$` read as ECMA-262 reads it (jsonschema uses Python's `re.search`)."""
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _ecma_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` with each `$` outside a character class written `\\Z`: the end of the text only."""
+    out: list[str] = []
+    escaped = in_class = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+    return re.compile("".join(out))
+
+
+_EcmaValidator = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
 
 
 def _translate(error: ValidationError) -> list[Finding]:
@@ -72,7 +109,7 @@ def _unknown_keys(error: ValidationError, path: KeyPath) -> list[Finding]:
     allowed = list(error.schema.get("properties", {}))
     extra = [k for k in error.instance if k not in allowed]
     return [
-        ((*path, k), f"unknown key '{k}' {_in(path)}{suggest(k, allowed, 'valid keys')}", True) for k in extra
+        ((*path, k), f"unknown key {k!r} {_in(path)}{suggest(k, allowed, 'valid keys')}", True) for k in extra
     ]
 
 
@@ -148,6 +185,8 @@ _HANDLERS: dict[str, Callable[[ValidationError, KeyPath], list[Finding]]] = {
     "const": _bound("expected {!r}"),
     "minimum": _bound("must be at least {}"),
     "exclusiveMinimum": _bound("must be greater than {}"),
+    "maximum": _bound("must be at most {}"),
+    "exclusiveMaximum": _bound("must be less than {}"),
     "minLength": lambda e, p: [(p, "must not be empty", False)],
     "uniqueItems": lambda e, p: [(p, "the list holds the same item twice", False)],
 }
@@ -171,8 +210,11 @@ _TYPE_NAMES = {
 
 
 def _property_name_message(error: ValidationError) -> str:
-    hint = PATTERN_HINTS.get(error.validator_value, f"expected a match of {error.validator_value}")
-    return f"invalid name '{error.instance}': {hint}"
+    if error.validator == "not":  # a reserved name: the rule's description says why
+        hint = str(error.validator_value.get("description", "this name is reserved"))
+    else:
+        hint = PATTERN_HINTS.get(error.validator_value, f"expected a match of {error.validator_value}")
+    return f"invalid name {error.instance!r}: {hint}"
 
 
 def _for_type(error: ValidationError) -> str:
