@@ -395,7 +395,9 @@ class _Builder:
         if d is None:
             return None
         cursor_field = self.required_expr(("source", "incremental", "cursor_field"))
-        return model.Incremental(cursor_field, d["param"], d.get("initial_value"))
+        return model.Incremental(
+            cursor_field, d["param"], d.get("initial_value"), lookback=d.get("lookback") or None, order=d.get("order"),
+        )
 
     def mapping(self) -> model.MappingSpec:
         names = self.data["mapping"]["fields"]
