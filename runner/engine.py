@@ -41,7 +41,7 @@ from runner.load.apply import PageResult
 from runner.load.plan import Checkpoint, Planner
 from runner.load.process import Setup
 from runner.load.watermark import IncrementalCursor
-from runner.model import Pipeline, PostgresTarget, SqliteTarget
+from runner.model import Pipeline, PostgresTargetConfig, SqliteTargetConfig
 from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
 from runner.state.base import now_iso
@@ -96,7 +96,7 @@ def run(
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
-    if isinstance(pipeline.target, PostgresTarget):  # else the writer process finds out, after a fetch
+    if isinstance(pipeline.target, PostgresTargetConfig):  # else the writer process finds out, after a fetch
         require_postgres_driver("the postgres target")
     log.add_secrets(pipeline.secrets)
     run_id = uuid.uuid4().hex[:12]
@@ -193,7 +193,7 @@ class _Run:
     def _pump(self) -> None:
         """Pages from the reader (fetched ahead) through the planner to the applier."""
         assert self.reader is not None and self.applier is not None
-        int_range = INT64 if isinstance(self.pipeline.target, SqliteTarget) else None
+        int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
         planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range)
         pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES, stop=self.stop)
         with closing(pages):
@@ -327,7 +327,7 @@ class _Run:
     # --- the end ------------------------------------------------------------------
 
     def _finish(self, error: EtlError | None) -> RunResult:
-        status = _status(error, self.counts)
+        status = _run_status(error, self.counts)
         result = self._result(status, error)
         record = self.record
         record.status, record.finished_at = status, now_iso()
@@ -368,7 +368,7 @@ class _Run:
 def _wants_writer(pipeline: Pipeline) -> bool:
     """A database target is written by the writer process, unless ETL_WRITER=inline; the
     http target (an update needs the id its create returned) and jsonl are written inline."""
-    if not isinstance(pipeline.target, (SqliteTarget, PostgresTarget)):
+    if not isinstance(pipeline.target, (SqliteTargetConfig, PostgresTargetConfig)):
         return False
     return os.environ.get("ETL_WRITER", "process") != "inline"
 
@@ -383,7 +383,7 @@ def _unstarted(error: EtlError, run_id: str, pipeline: str, dry_run: bool, start
     return error
 
 
-def _status(error: EtlError | None, counts: Counts) -> RunStatus:
+def _run_status(error: EtlError | None, counts: Counts) -> RunStatus:
     if isinstance(error, Interrupted):
         return "interrupted"
     if error is not None:

@@ -236,14 +236,14 @@ class MappingSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class SqliteTarget:
+class SqliteTargetConfig:
     path: Path
     table: str
     type: Literal["sqlite"] = "sqlite"
 
 
 @dataclass(frozen=True, slots=True)
-class PostgresTarget:
+class PostgresTargetConfig:
     dsn: Secret
     table: str
     schema: str | None = None
@@ -251,7 +251,7 @@ class PostgresTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class JsonlTarget:
+class JsonlTargetConfig:
     path: str  # '-' is stdout
     type: Literal["jsonl"] = "jsonl"
 
@@ -264,7 +264,7 @@ class HttpOperation:
 
 
 @dataclass(frozen=True, slots=True)
-class HttpTarget:
+class HttpTargetConfig:
     base_url: str
     upsert: HttpOperation | None = None
     create: HttpOperation | None = None
@@ -278,7 +278,7 @@ class HttpTarget:
     type: Literal["http"] = "http"
 
 
-Target = Union[SqliteTarget, PostgresTarget, JsonlTarget, HttpTarget]
+TargetConfig = Union[SqliteTargetConfig, PostgresTargetConfig, JsonlTargetConfig, HttpTargetConfig]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +292,7 @@ class Pipeline:
     name: str
     source: Source
     mapping: MappingSpec
-    target: Target
+    target: TargetConfig
     state: StateConfig = StateConfig()
     description: str = ""
     file: str = ""

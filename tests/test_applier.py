@@ -14,7 +14,7 @@ from runner.errors import EtlError, TargetError
 from runner.load.applier import InlineApplier, ProcessApplier
 from runner.load.apply import PagePlan, PageResult
 from runner.load.process import Setup
-from runner.model import SqliteTarget, StateConfig
+from runner.model import SqliteTargetConfig, StateConfig
 from runner.result import Counts
 from runner.state.sqlite import SqliteStateStore
 from runner.targets.base import Write, WriteResult
@@ -51,7 +51,7 @@ def plan(number: int, *keys: str) -> PagePlan:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Setup:
-    return Setup("p", SqliteTarget(tmp_path / "out.db", "items"), StateConfig(path=tmp_path / "state.db"),
+    return Setup("p", SqliteTargetConfig(tmp_path / "out.db", "items"), StateConfig(path=tmp_path / "state.db"),
                  FIELDS, None, __import__("os").getpid())
 
 

@@ -14,11 +14,11 @@ from runner.load.apply import PagePlan, apply_plans
 from runner.result import Counts
 from runner.load.contenthash import RecordHasher
 from runner.errors import TargetError
-from runner.model import SqliteTarget
+from runner.model import SqliteTargetConfig
 from runner.state.base import FailedRecord
 from runner.state.sqlite import SqliteStateStore
 from runner.targets.base import Write, WriteResult
-from runner.targets.sqlite import SqliteTargetWriter
+from runner.targets.sqlite import SqliteTarget
 
 FIELDS = ["name", "tags"]
 HASHER = RecordHasher(FIELDS)
@@ -80,7 +80,7 @@ def test_a_batch_leaves_what_the_pages_one_by_one_leave(tmp_path: Path) -> None:
     for batched in (False, True):
         folder = tmp_path / str(batched)
         store = SqliteStateStore(folder / "state.db")
-        target = SqliteTargetWriter(SqliteTarget(folder / "out.db", "items"), fields=FIELDS)
+        target = SqliteTarget(SqliteTargetConfig(folder / "out.db", "items"), fields=FIELDS)
         seed = plan(0, ("a", "A"))  # a is known before the pages come
         apply_plans("p", store, target, HASHER, [seed], committed=None)
         total = Counts()
@@ -142,7 +142,7 @@ def test_random_batches_leave_what_the_same_pages_one_by_one_leave(tmp_path: Pat
 
     def outcome(pages: list[PagePlan], batched: bool, folder: Path) -> tuple[Any, ...]:
         store = SqliteStateStore(folder / "state.db")
-        target = SqliteTargetWriter(SqliteTarget(folder / "out.db", "items"), fields=FIELDS)
+        target = SqliteTarget(SqliteTargetConfig(folder / "out.db", "items"), fields=FIELDS)
         total = Counts()
         for group in ([pages] if batched else [[p] for p in pages]):
             counts = apply_plans("p", store, target, HASHER, group, committed=None).counts

@@ -581,7 +581,7 @@ def test_everything_builds_the_documented_objects(tmp_path: Path) -> None:
     assert (source.concurrency, source.max_response_bytes) == (2, 1048576)
     assert isinstance(source.pagination, model.CursorPagination) and source.pagination.param == "cursor"
     assert source.pagination.stop_when is not None and source.pagination.stop_when.text == "!meta.has_more"
-    assert pipeline.target == model.SqliteTarget(path=tmp_path / "out" / "items.db", table="items")
+    assert pipeline.target == model.SqliteTargetConfig(path=tmp_path / "out" / "items.db", table="items")
     assert pipeline.state == model.StateConfig(path=tmp_path / "out" / "state.db")
 
 
@@ -626,7 +626,7 @@ def test_credentials_are_secrets() -> None:
     basic = config.load_pipeline(FIXTURES / "valid" / "basic_offset_postgres.yaml", env=FIXTURE_ENV)
     assert isinstance(basic.source.auth, model.BasicAuth)
     assert basic.source.auth.password == model.Secret("pw-456")
-    assert isinstance(basic.target, model.PostgresTarget) and basic.target.dsn.reveal() == "postgresql://u:p@db/etl"
+    assert isinstance(basic.target, model.PostgresTargetConfig) and basic.target.dsn.reveal() == "postgresql://u:p@db/etl"
     assert basic.state.dsn == model.Secret("postgresql://u:p@db/state")
     assert "pw-456" not in repr(basic.source) and "postgresql://u:p@db" not in repr(basic.target)
     key = config.load_pipeline(FIXTURES / "valid" / "api_key_page_jsonl.yaml", env=FIXTURE_ENV)
@@ -655,7 +655,7 @@ def test_secrets_written_literally_are_secrets_too(tmp_path: Path) -> None:
 def test_http_target_builds_operations() -> None:
     """An http target keeps create, update, auth, headers and its own HTTP behaviour."""
     target = config.load_pipeline(FIXTURES / "valid" / "oauth_next_url_http_create.yaml", env=FIXTURE_ENV).target
-    assert isinstance(target, model.HttpTarget)
+    assert isinstance(target, model.HttpTargetConfig)
     assert target.create is not None and target.create.id_path is not None
     assert (target.create.method, target.create.path, target.create.id_path.key) == (
         "POST", "/contacts", "target.create.id_path")
@@ -666,14 +666,14 @@ def test_http_target_builds_operations() -> None:
     assert (target.timeout, target.retry.max_attempts, target.rate_limit) == (
         model.Timeout(3.0, 20.0), 2, model.RateLimit(0.5))
     upsert = config.load_pipeline(FIXTURES / "valid" / "link_header_http_upsert.yaml", env={}).target
-    assert isinstance(upsert, model.HttpTarget) and upsert.idempotency_key is True
+    assert isinstance(upsert, model.HttpTargetConfig) and upsert.idempotency_key is True
     assert upsert.upsert == model.HttpOperation("PUT", "/issues/{external_id}")
 
 
 def test_jsonl_stdout_stays_a_dash() -> None:
     """A jsonl path of '-' means stdout and is not resolved as a file."""
     target = config.load_pipeline(FIXTURES / "valid" / "api_key_page_jsonl.yaml", env=FIXTURE_ENV).target
-    assert target == model.JsonlTarget(path="-")
+    assert target == model.JsonlTargetConfig(path="-")
 
 
 def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path) -> None:
@@ -682,7 +682,7 @@ def test_relative_paths_resolve_against_the_working_directory(tmp_path: Path) ->
     sub.mkdir()
     text = BASE.replace("  type: sqlite\n  path: data/out.db\n  table: items\n", "  type: jsonl\n  path: out.jsonl\n")
     pipeline = config.load_pipeline(write(sub, text + "state: {path: st.db}\n"), env={})
-    assert pipeline.target == model.JsonlTarget(path=str(tmp_path / "out.jsonl"))
+    assert pipeline.target == model.JsonlTargetConfig(path=str(tmp_path / "out.jsonl"))
     assert pipeline.state.path == tmp_path / "st.db"
 
 
@@ -790,7 +790,7 @@ def test_every_object_schema_forbids_unknown_keys() -> None:
 
 
 @pytest.mark.parametrize(("kind", "union"), [
-    ("pagination", model.Pagination), ("auth", model.Auth), ("target", model.Target),
+    ("pagination", model.Pagination), ("auth", model.Auth), ("target", model.TargetConfig),
 ])
 def test_type_enums_match_the_model(kind: str, union: Any) -> None:
     """The schema's types of each typed block are the model's classes, one for one."""

@@ -14,7 +14,7 @@ import pytest
 import runner.db
 from runner.config.load import check_file
 from runner.errors import ConfigError
-from runner.model import PostgresTarget, Secret, SqliteTarget, StateConfig
+from runner.model import PostgresTargetConfig, Secret, SqliteTargetConfig, StateConfig
 from runner.state import open_store
 from runner.targets import open_target
 
@@ -55,7 +55,7 @@ def test_open_store_without_the_driver_is_one_line_naming_the_extra() -> None:
 def test_open_target_without_the_driver_is_one_line_naming_the_extra() -> None:
     """A postgres target without psycopg is a ConfigError (exit 2) whose message is that one line."""
     with pytest.raises(ConfigError) as raised:
-        open_target(PostgresTarget(dsn=Secret(DSN), table="t"), fields=["a"])
+        open_target(PostgresTargetConfig(dsn=Secret(DSN), table="t"), fields=["a"])
     assert str(raised.value) == TARGET_LINE
     assert raised.value.exit_code == 2
 
@@ -64,7 +64,7 @@ def test_open_target_without_the_driver_is_one_line_naming_the_extra() -> None:
 def test_sqlite_needs_no_driver(tmp_path: Path) -> None:
     """Without psycopg, the SQLite store and target open as ever."""
     open_store(StateConfig(path=tmp_path / "state.db")).close()
-    open_target(SqliteTarget(tmp_path / "out.db", "t"), fields=["a"]).close()
+    open_target(SqliteTargetConfig(tmp_path / "out.db", "t"), fields=["a"]).close()
 
 
 def position(path: Path, text: str, *, after: str = "") -> tuple[int, int]:

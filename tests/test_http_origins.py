@@ -26,7 +26,7 @@ from runner.extract.reader import SourceReader
 from runner.http.client import HttpClient
 from runner.http.origins import origin_of, show, with_query, without_params
 from runner.targets.base import Write
-from runner.targets.http import HttpTargetWriter
+from runner.targets.http import HttpTarget
 from runner.errors import FetchError
 from runner.model import (
     ApiKeyAuth,
@@ -35,7 +35,7 @@ from runner.model import (
     BearerAuth,
     Expr,
     HttpOperation,
-    HttpTarget,
+    HttpTargetConfig,
     LinkHeaderPagination,
     NextUrlPagination,
     OAuth2ClientCredentials,
@@ -341,11 +341,11 @@ def test_the_http_target_withholds_credentials_from_a_redirect_elsewhere(servers
     """A write that the target API redirects to another origin arrives there without credentials."""
     home, other = servers
     home.routes["/api/contacts/1"] = lambda: (307, None, [("Location", f"{other.base_url}/b/2")])
-    config = HttpTarget(
+    config = HttpTargetConfig(
         base_url=f"{home.base_url}/api", upsert=HttpOperation("PUT", "/contacts/{external_id}"),
         auth=auths(home.base_url)[kind], retry=Retry(max_attempts=1),
     )
-    writer = HttpTargetWriter(config, pipeline="p")
+    writer = HttpTarget(config, pipeline="p")
     try:
         writer.write([Write("create", "1", {"name": "a"})])
     finally:

@@ -17,9 +17,9 @@ from runner.dev.fake_crm import FakeCrm
 from runner.state.sqlite import SqliteStateStore
 from runner import engine
 from runner.dev.demo_api import DemoApi
-from runner.model import BearerAuth, Expr, HttpOperation, HttpTarget, Retry, Secret
+from runner.model import BearerAuth, Expr, HttpOperation, HttpTargetConfig, Retry, Secret
 from runner.targets import Write, open_target
-from runner.targets.http import HttpTargetWriter, idempotency_key
+from runner.targets.http import HttpTarget, idempotency_key
 
 NO_WAIT = {"sleep": lambda seconds: None}
 CREATE = HttpOperation("POST", "/contacts", Expr("id", jmespath.compile("id"), "target.create.id_path"))
@@ -37,13 +37,13 @@ def crm() -> Iterator[FakeCrm]:
     server.stop()
 
 
-def target_config(base_url: str, **changes: Any) -> HttpTarget:
+def target_config(base_url: str, **changes: Any) -> HttpTargetConfig:
     options: dict[str, Any] = {"create": CREATE, "update": UPDATE, "retry": FAST_RETRY, **changes}
-    return HttpTarget(base_url, **options)
+    return HttpTargetConfig(base_url, **options)
 
 
-def writer(base_url: str, **changes: Any) -> HttpTargetWriter:
-    return HttpTargetWriter(target_config(base_url, **changes), pipeline="crm-test", **NO_WAIT)
+def writer(base_url: str, **changes: Any) -> HttpTarget:
+    return HttpTarget(target_config(base_url, **changes), pipeline="crm-test", **NO_WAIT)
 
 
 def person(n: int, **changes: Any) -> dict[str, Any]:
@@ -260,10 +260,10 @@ def test_the_header_repeats_for_the_same_content_and_changes_with_it(crm: FakeCr
 
 
 def test_open_target_builds_the_http_writer(crm: FakeCrm) -> None:
-    """open_target hands pipeline, transport and sleep to HttpTargetWriter."""
+    """open_target hands pipeline, transport and sleep to HttpTarget."""
     target = open_target(target_config(crm.base_url), fields=["email"], pipeline="p", transport=None, **NO_WAIT)
     try:
-        assert isinstance(target, HttpTargetWriter)
+        assert isinstance(target, HttpTarget)
         assert target.write(creates(1)).target_ids == {"1": "c_1"}
     finally:
         target.close()
@@ -272,7 +272,7 @@ def test_open_target_builds_the_http_writer(crm: FakeCrm) -> None:
 def test_a_target_with_neither_upsert_nor_create_and_update_is_refused() -> None:
     """A config without upsert and without both create and update raises TargetError."""
     with pytest.raises(TargetError, match="upsert"):
-        HttpTargetWriter(HttpTarget("https://crm.test", create=CREATE), pipeline="p")
+        HttpTarget(HttpTargetConfig("https://crm.test", create=CREATE), pipeline="p")
 
 
 def test_the_fake_crm_lists_contacts_and_honours_upsert_by_key(crm: FakeCrm) -> None:

@@ -16,14 +16,14 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from runner.errors import LockError, StateError, TargetError  # noqa: E402
-from runner.model import PostgresTarget, Secret, StateConfig  # noqa: E402
+from runner.model import PostgresTargetConfig, Secret, StateConfig  # noqa: E402
 from runner.state import open_store  # noqa: E402
 from runner.state.base import FailedRecord, PageCommit, RunRecord  # noqa: E402
 from runner.state import postgres as state_postgres  # noqa: E402
 from runner.state.postgres import MIGRATIONS, PostgresStateStore  # noqa: E402
 from runner.targets import open_target  # noqa: E402
 from runner.targets.base import Write  # noqa: E402
-from runner.targets.postgres import PostgresTargetWriter  # noqa: E402
+from runner.targets.postgres import PostgresTarget  # noqa: E402
 
 import pgserver  # noqa: E402  (tests/ is on sys.path, pytest's rootdir-less import mode)
 
@@ -359,8 +359,8 @@ def test_two_processes_one_gets_the_lock_the_other_lock_error(store: PostgresSta
 # --- target ----------------------------------------------------------------------
 
 
-def target(dsn: str, fields: list[str], table: str = "items", schema: str | None = None) -> PostgresTargetWriter:
-    return PostgresTargetWriter(PostgresTarget(dsn=Secret(dsn), table=table, schema=schema), fields=fields)
+def target(dsn: str, fields: list[str], table: str = "items", schema: str | None = None) -> PostgresTarget:
+    return PostgresTarget(PostgresTargetConfig(dsn=Secret(dsn), table=table, schema=schema), fields=fields)
 
 
 def rows(dsn: str, table: str = "public.items") -> dict[str, dict[str, Any]]:
@@ -470,8 +470,8 @@ def test_open_store_and_open_target_pick_postgres(dsn: str) -> None:
     store = open_store(StateConfig(dsn=Secret(dsn)))
     assert isinstance(store, PostgresStateStore)
     store.close()
-    writer = open_target(PostgresTarget(dsn=Secret(dsn), table="t"), fields=["a"], pipeline="p")
-    assert isinstance(writer, PostgresTargetWriter)
+    writer = open_target(PostgresTargetConfig(dsn=Secret(dsn), table="t"), fields=["a"], pipeline="p")
+    assert isinstance(writer, PostgresTarget)
     writer.close()
 
 

@@ -38,7 +38,7 @@ def default(node: dict[str, Any], key: str) -> Any:
         (default(DEFS["pagination_offset"], "param"), model.OffsetPagination(limit=1).param),
         (default(DEFS["pagination_offset"], "limit_param"), model.OffsetPagination(limit=1).limit_param),
         (default(DEFS["auth_api_key"], "in"), model.ApiKeyAuth("k", model.Secret("v")).location),
-        (default(DEFS["target_http"], "idempotency_key"), model.HttpTarget(base_url="x").idempotency_key),
+        (default(DEFS["target_http"], "idempotency_key"), model.HttpTargetConfig(base_url="x").idempotency_key),
         (SCHEMA["properties"]["state"]["properties"]["path"]["default"], str(model.StateConfig().path)),
     ],
 )

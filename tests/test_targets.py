@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import TargetError
-from runner.model import JsonlTarget, SqliteTarget
+from runner.model import JsonlTargetConfig, SqliteTargetConfig
 from runner.targets import Write, dry_run_target, open_target
 
 
@@ -24,7 +24,7 @@ def rows(path: Path, table: str = "t") -> list[tuple]:
 
 def test_sqlite_values_keep_their_json_types(tmp_path: Path) -> None:
     """Strings stay TEXT ("07919"), ints INTEGER, floats REAL, booleans 0/1, lists JSON text."""
-    target = open_target(SqliteTarget(tmp_path / "t.db", "t"), fields=["zip", "n", "x", "ok", "tags", "none"])
+    target = open_target(SqliteTargetConfig(tmp_path / "t.db", "t"), fields=["zip", "n", "x", "ok", "tags", "none"])
     target.write([Write("create", "1", {"zip": "07919", "n": 7919, "x": 1.5, "ok": True, "tags": ["a"], "none": None})])
     target.close()
     db = sqlite3.connect(tmp_path / "t.db")
@@ -36,7 +36,7 @@ def test_sqlite_values_keep_their_json_types(tmp_path: Path) -> None:
 
 def test_sqlite_upsert_is_idempotent(tmp_path: Path) -> None:
     """Writing the same page twice leaves one row per key with the last values."""
-    target = open_target(SqliteTarget(tmp_path / "t.db", "t"), fields=["v"])
+    target = open_target(SqliteTargetConfig(tmp_path / "t.db", "t"), fields=["v"])
     page = [Write("create", "a", {"v": 1}), Write("create", "b", {"v": 2})]
     target.write(page)
     target.write(page)
@@ -47,10 +47,10 @@ def test_sqlite_upsert_is_idempotent(tmp_path: Path) -> None:
 
 def test_sqlite_new_field_adds_a_column(tmp_path: Path) -> None:
     """A field added to the mapping adds a column and keeps the existing rows."""
-    first = open_target(SqliteTarget(tmp_path / "t.db", "t"), fields=["v"])
+    first = open_target(SqliteTargetConfig(tmp_path / "t.db", "t"), fields=["v"])
     first.write([Write("create", "a", {"v": 1})])
     first.close()
-    second = open_target(SqliteTarget(tmp_path / "t.db", "t"), fields=["v", "w"])
+    second = open_target(SqliteTargetConfig(tmp_path / "t.db", "t"), fields=["v", "w"])
     second.write([Write("create", "b", {"v": 2, "w": "x"})])
     second.close()
     assert rows(tmp_path / "t.db") == [("a", 1, None), ("b", 2, "x")]
@@ -59,8 +59,8 @@ def test_sqlite_new_field_adds_a_column(tmp_path: Path) -> None:
 def test_sqlite_read_only_file_is_a_target_error(tmp_path: Path) -> None:
     """A target file that cannot be written gives a TargetError naming the file and table."""
     path = tmp_path / "t.db"
-    open_target(SqliteTarget(path, "t"), fields=["v"]).close()
-    uri_target = open_target(SqliteTarget(path, "t"), fields=["v"])
+    open_target(SqliteTargetConfig(path, "t"), fields=["v"]).close()
+    uri_target = open_target(SqliteTargetConfig(path, "t"), fields=["v"])
     uri_target._db.execute("PRAGMA query_only = ON")
     with pytest.raises(TargetError, match=r"t\.db table t"):
         uri_target.write([Write("create", "a", {"v": 1})])
@@ -71,7 +71,7 @@ def test_jsonl_appends_one_line_per_write(tmp_path: Path) -> None:
     """The jsonl target appends op/external_id/record lines and never rewrites earlier ones."""
     path = tmp_path / "out" / "w.jsonl"
     for value in (1, 2):
-        target = open_target(JsonlTarget(str(path)), fields=["v"])
+        target = open_target(JsonlTargetConfig(str(path)), fields=["v"])
         target.write([Write("create" if value == 1 else "update", "a", {"v": value})])
         target.close()
     lines = [json.loads(line) for line in path.read_text().splitlines()]
@@ -83,7 +83,7 @@ def test_jsonl_appends_one_line_per_write(tmp_path: Path) -> None:
 
 def test_jsonl_dash_is_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     """`path: -` writes the lines to stdout and does not close it."""
-    target = open_target(JsonlTarget("-"), fields=[])
+    target = open_target(JsonlTargetConfig("-"), fields=[])
     target.write([Write("create", "a", {"v": "07919"})])
     target.close()
     assert json.loads(capsys.readouterr().out) == {"op": "create", "external_id": "a", "record": {"v": "07919"}}
@@ -103,17 +103,17 @@ def test_two_writers_opening_one_new_table_at_once_both_succeed(tmp_path: Path) 
     table and adding 300 columns is one transaction, so neither fails on a column the other added."""
     import threading
 
-    from runner.model import SqliteTarget
-    from runner.targets.sqlite import SqliteTargetWriter
+    from runner.model import SqliteTargetConfig
+    from runner.targets.sqlite import SqliteTarget
 
     fields = [f"f{i}" for i in range(300)]
     for attempt in range(5):
-        config = SqliteTarget(tmp_path / f"race-{attempt}.db", "items")
+        config = SqliteTargetConfig(tmp_path / f"race-{attempt}.db", "items")
         errors: list[BaseException] = []
 
         def open_it() -> None:
             try:
-                SqliteTargetWriter(config, fields=fields).close()
+                SqliteTarget(config, fields=fields).close()
             except BaseException as exc:  # noqa: BLE001 - collected for the assertion
                 errors.append(exc)
 

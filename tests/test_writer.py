@@ -26,7 +26,7 @@ from runner.load.apply import PagePlan, PageResult
 from runner.result import Counts
 from runner.engine import run
 from runner.errors import EtlError, TargetError
-from runner.model import SqliteTarget, StateConfig
+from runner.model import SqliteTargetConfig, StateConfig
 from runner.state.sqlite import SqliteStateStore
 from runner.load.process import Setup, serve
 
@@ -231,7 +231,7 @@ def plan(number: int, keys: range) -> PagePlan:
 
 
 def setup(tmp_path: Path, engine_pid: int) -> Setup:
-    target = SqliteTarget(tmp_path / "out.db", "items")
+    target = SqliteTargetConfig(tmp_path / "out.db", "items")
     return Setup("writer-test", target, StateConfig(path=tmp_path / "state.db"), ["name", "tags"], None, engine_pid)
 
 

@@ -407,18 +407,18 @@ class _Builder:
             filter=self.expr(("mapping", "filter")),
         )
 
-    def target(self, d: dict[str, Any]) -> model.Target:
+    def target(self, d: dict[str, Any]) -> model.TargetConfig:
         kind = d["type"]
         if kind == "sqlite":
-            return model.SqliteTarget(path=_resolve(d["path"]), table=d["table"])
+            return model.SqliteTargetConfig(path=_resolve(d["path"]), table=d["table"])
         if kind == "postgres":
-            return model.PostgresTarget(dsn=model.Secret(d["dsn"]), table=d["table"], schema=d.get("schema"))
+            return model.PostgresTargetConfig(dsn=model.Secret(d["dsn"]), table=d["table"], schema=d.get("schema"))
         if kind == "jsonl":
-            return model.JsonlTarget(path=d["path"] if d["path"] == "-" else str(_resolve(d["path"])))
+            return model.JsonlTargetConfig(path=d["path"] if d["path"] == "-" else str(_resolve(d["path"])))
         return self.http_target(d)
 
-    def http_target(self, d: dict[str, Any]) -> model.HttpTarget:
-        return model.HttpTarget(
+    def http_target(self, d: dict[str, Any]) -> model.HttpTargetConfig:
+        return model.HttpTargetConfig(
             base_url=d["base_url"],
             upsert=_operation(d.get("upsert")),
             create=_operation(d.get("create"), self.expr(("target", "create", "id_path"))),

@@ -61,7 +61,7 @@ from runner import log
 from runner.http.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError
 from runner.http.errors import (
-    STATUS_HINTS, TLS_HINT, DeadlineReached, describe, fetch_error, is_tls_failure, safe_path,
+    STATUS_HINTS, TLS_HINT, DeadlineReached, describe_error, fetch_error, is_tls_failure, safe_path,
 )
 from runner.http.exchange import Outcome, Wire, log_headers
 from runner.http.origins import Credentials, Trust, with_query
@@ -348,7 +348,7 @@ class HttpClient:
         self, request: httpx.Request, outcome: Outcome, idempotent: bool
     ) -> FetchError:
         if outcome.error is not None:
-            message = f"request failed: {describe(outcome.error)}"
+            message = f"request failed: {describe_error(outcome.error)}"
             if is_tls_failure(outcome.error):
                 message += f"; {TLS_HINT}"
         else:
@@ -367,7 +367,7 @@ class HttpClient:
         self, request: httpx.Request, outcome: Outcome, attempt: int, why: str,
         cls: type[FetchError] = FetchError,
     ) -> FetchError:
-        last = f"error {describe(outcome.error)}" if outcome.error else f"status {outcome.status}"
+        last = f"error {describe_error(outcome.error)}" if outcome.error else f"status {outcome.status}"
         plural = "attempt" if attempt == 1 else "attempts"
         message = f"gave up after {attempt} {plural}: last {last}{why}"
         return fetch_error(request, message, status=outcome.status, detail=outcome.detail, cls=cls)

@@ -82,7 +82,7 @@ def is_tls_failure(error: BaseException) -> bool:
     return False
 
 
-def describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     text = log.redact(str(error))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

@@ -47,7 +47,7 @@ from runner import log
 from runner.load.apply import PagePlan, PageResult, apply_plans
 from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
-from runner.model import PostgresTarget, SqliteTarget, StateConfig
+from runner.model import PostgresTargetConfig, SqliteTargetConfig, StateConfig
 from runner.state.base import pid_alive
 
 # plans applied as one batch at most: the pages that wait for the writer when it is behind
@@ -59,7 +59,7 @@ class Setup:
     """The first message to the writer: what to open, and how to log."""
 
     pipeline: str
-    target: SqliteTarget | PostgresTarget
+    target: SqliteTargetConfig | PostgresTargetConfig
     state: StateConfig
     fields: list[str]
     committed: str | None  # the checkpoint committed before the first plan

@@ -5,37 +5,37 @@ from __future__ import annotations
 from typing import IO, Any
 
 from runner.db import require_postgres_driver
-from runner.model import HttpTarget, JsonlTarget, PostgresTarget, SqliteTarget, Target as TargetConfig
+from runner.model import HttpTargetConfig, JsonlTargetConfig, PostgresTargetConfig, SqliteTargetConfig, TargetConfig
 from runner.targets.base import Target, Write, WriteResult
 
 
 def open_target(config: TargetConfig, *, fields: list[str], **kwargs: Any) -> Target:
     """Open (and prepare: table, columns) the configured target."""
-    if isinstance(config, SqliteTarget):
-        from runner.targets.sqlite import SqliteTargetWriter
+    if isinstance(config, SqliteTargetConfig):
+        from runner.targets.sqlite import SqliteTarget
 
-        return SqliteTargetWriter(config, fields=fields)
-    if isinstance(config, JsonlTarget):
-        from runner.targets.jsonl import JsonlWriter
+        return SqliteTarget(config, fields=fields)
+    if isinstance(config, JsonlTargetConfig):
+        from runner.targets.jsonl import JsonlTarget
 
-        return JsonlWriter.for_path(config.path)
-    if isinstance(config, PostgresTarget):
+        return JsonlTarget.for_path(config.path)
+    if isinstance(config, PostgresTargetConfig):
         require_postgres_driver("the postgres target")  # a ConfigError naming the extra, not an ImportError
-        from runner.targets.postgres import PostgresTargetWriter
+        from runner.targets.postgres import PostgresTarget
 
-        return PostgresTargetWriter(config, fields=fields)
-    if isinstance(config, HttpTarget):
-        from runner.targets.http import HttpTargetWriter
+        return PostgresTarget(config, fields=fields)
+    if isinstance(config, HttpTargetConfig):
+        from runner.targets.http import HttpTarget
 
-        return HttpTargetWriter(config, **kwargs)
+        return HttpTarget(config, **kwargs)
     raise TypeError(f"unknown target {config!r}")
 
 
 def dry_run_target(stream: IO[str]) -> Target:
     """The dry-run target: prints each intended write as the jsonl target would write it."""
-    from runner.targets.jsonl import JsonlWriter
+    from runner.targets.jsonl import JsonlTarget
 
-    return JsonlWriter(stream, close_stream=False)
+    return JsonlTarget(stream, close_stream=False)
 
 
 __all__ = ["Target", "Write", "WriteResult", "dry_run_target", "open_target"]

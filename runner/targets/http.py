@@ -48,7 +48,7 @@ import httpx
 from runner import log
 from runner.http.client import HttpClient
 from runner.errors import EtlError, FetchError, TargetError
-from runner.model import HttpOperation, HttpTarget
+from runner.model import HttpOperation, HttpTargetConfig
 from runner.targets.base import Write, WriteResult
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,12 @@ class RecordRejected(Exception):
     """One record failed; its message is the error text the state store keeps."""
 
 
-class HttpTargetWriter:
+class HttpTarget:
     """Writes each record of a page as one request; returns new ids and per-record errors."""
 
     def __init__(
         self,
-        config: HttpTarget,
+        config: HttpTargetConfig,
         *,
         pipeline: str,
         transport: httpx.BaseTransport | None = None,

@@ -16,7 +16,7 @@ def write_line(write: Write) -> str:
     return json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-class JsonlWriter:
+class JsonlTarget:
     """Appends `{"op", "external_id", "record"}` lines to a file or stdout; flushes per page."""
 
     def __init__(self, stream: IO[str], *, close_stream: bool) -> None:
@@ -24,7 +24,7 @@ class JsonlWriter:
         self._close_stream = close_stream
 
     @classmethod
-    def for_path(cls, path: str) -> JsonlWriter:
+    def for_path(cls, path: str) -> JsonlTarget:
         if path == "-":
             return cls(sys.stdout, close_stream=False)
         try:

@@ -46,14 +46,14 @@ from psycopg.types.json import Jsonb
 
 from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.errors import TargetError
-from runner.model import PostgresTarget
+from runner.model import PostgresTargetConfig
 from runner.targets.base import Write, WriteResult
 
 
-class PostgresTargetWriter:
+class PostgresTarget:
     """Upserts each page into one table of a PostgreSQL database, in one transaction per page."""
 
-    def __init__(self, config: PostgresTarget, *, fields: list[str]) -> None:
+    def __init__(self, config: PostgresTargetConfig, *, fields: list[str]) -> None:
         self.config = config
         self.fields = list(fields)
         self.schema = config.schema or "public"

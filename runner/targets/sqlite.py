@@ -12,7 +12,7 @@ from typing import Any
 
 from runner.db.sqlite import connect, insert_values, transaction
 from runner.errors import TargetError
-from runner.model import SqliteTarget
+from runner.model import SqliteTargetConfig
 from runner.targets.base import Write, WriteResult, json_cells
 
 
@@ -27,10 +27,10 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-class SqliteTargetWriter:
+class SqliteTarget:
     """Upserts each page into one table of a SQLite file, in one transaction per page."""
 
-    def __init__(self, config: SqliteTarget, *, fields: list[str]) -> None:
+    def __init__(self, config: SqliteTargetConfig, *, fields: list[str]) -> None:
         self.config = config
         self.fields = fields
         try:
@@ -95,7 +95,7 @@ class SqliteTargetWriter:
         self._db.close()
 
 
-def _error(config: SqliteTarget, exc: sqlite3.Error | OSError) -> TargetError:
+def _error(config: SqliteTargetConfig, exc: sqlite3.Error | OSError) -> TargetError:
     """The TargetError for `exc`; a disk or file failure ("disk I/O error") gets its SQLite name and a hint."""
     text = str(exc)
     name: str = getattr(exc, "sqlite_errorname", "")  # Python 3.11+
