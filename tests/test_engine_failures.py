@@ -185,9 +185,8 @@ def test_errors_before_the_run_begins_carry_a_result_too(tmp_path: Path, demo_ap
     path = write_pipeline_file(tmp_path, api.base_url)
     holder = open_store(load_state(path))
     try:
-        with holder.lock("test", "other-run"):
-            with pytest.raises(LockError) as locked:
-                run(path, **NO_WAIT)
+        with holder.lock("test", "other-run"), pytest.raises(LockError) as locked:
+            run(path, **NO_WAIT)
     finally:
         holder.close()
     assert locked.value.result is not None and locked.value.result.exit_code == 4
@@ -281,3 +280,26 @@ def test_the_first_sigterm_ends_a_run_whose_next_page_is_slow(tmp_path: Path) ->
             thread.join(5)
     assert elapsed < 5
     assert caught.value.result is not None and caught.value.result.counts.created == 1
+
+
+@pytest.mark.parametrize("target", ["sqlite", "jsonl"])
+def test_a_record_nested_500_deep_ends_the_run_with_one_error_not_a_hang(tmp_path: Path, target: str) -> None:
+    """Reliability D1: one record 500 levels deep hung a database run forever (the plan never
+    reached the writer, which the engine then waited for) and gave a RecursionError with the
+    jsonl target; now the response is refused (deeper than 200 levels): exit 1, at once."""
+    deep = '"leaf"'
+    for _ in range(500):
+        deep = '{"a": ' + deep + "}"
+    body = '{"data": [{"id": 1, "name": "x", "v": ' + deep + "}]}"
+    targets = {"sqlite": {"type": "sqlite", "path": "{tmp}/out.db", "table": "items"},
+               "jsonl": {"type": "jsonl", "path": "{tmp}/out.jsonl"}}
+    path = write_pipeline_file(
+        tmp_path, "https://api.test",
+        source={"url": "https://api.test/items", "pagination": whole({"type": "none"})},
+        mapping={"fields": whole({"name": "name", "v": "v"})}, target=whole(targets[target]),
+    )
+    started = time.monotonic()
+    with pytest.raises(EtlError, match="nested deeper than 200 levels") as caught:
+        run(path, transport=httpx.MockTransport(lambda r: httpx.Response(200, content=body.encode())))
+    assert time.monotonic() - started < 10
+    assert caught.value.result is not None and caught.value.result.exit_code == 1
