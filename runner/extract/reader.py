@@ -19,15 +19,16 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import httpx
 
 from runner import log
 from runner.errors import FetchError, PaginationLoopError, ResponseError
-from runner.http.errors import DeadlineReached
+from runner.http.errors import DeadlineReached, one_line
 from runner.model import Source
 from runner.transform.expressions import json_kind
 from runner.transform.values import parse_huge
@@ -217,11 +218,14 @@ class SourceReader:
 
 
 def decode(response: httpx.Response, *, method: str = "GET") -> Any:
-    """The JSON body of a response; an empty body is null; anything else is a ResponseError."""
+    """The JSON body of a response; an empty body is null; anything else is a ResponseError.
+
+    A status of 400 or more is a FetchError: HttpClient.send raises those itself, but the
+    reader's `send` is a seam that any callable (a plain httpx client in tests) fills."""
     if response.status_code >= 400:
         raise FetchError(
             f"HTTP {response.status_code}", method=method, path=_path(response),
-            status=response.status_code, detail=_excerpt(response.text),
+            status=response.status_code, detail=one_line(response.text, EXCERPT_CHARS),
         )
     if not response.content or response.content.isspace():  # no stripped copy of the body
         return None
@@ -232,7 +236,7 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
         too_deep = True
     except ValueError as exc:
         kind = response.headers.get("content-type", "no content-type").split(";")[0]
-        excerpt = _excerpt(response.text)
+        excerpt = one_line(response.text, EXCERPT_CHARS)
         raise ResponseError(
             f"response is not JSON ({kind}), starts with {excerpt!r}; "
             "check the URL and that the API answers with JSON",
@@ -296,6 +300,3 @@ def _path(response: httpx.Response) -> str:
         return ""
 
 
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 3] + "..."

@@ -68,8 +68,15 @@ def excerpt(
         data += chunk
         if len(data) >= EXCERPT_BYTES or (until is not None and clock() >= until):
             break
-    text = " ".join(data[:EXCERPT_BYTES].decode("utf-8", errors="replace").split())
-    return log.redact(text)[:DETAIL_CHARS]
+    return log.redact(one_line(data[:EXCERPT_BYTES].decode("utf-8", errors="replace")))[:DETAIL_CHARS]
+
+
+def one_line(text: str, limit: int | None = None) -> str:
+    """`text` on one line (each run of white space one space), cut to `limit` with '...'."""
+    flat = " ".join(text.split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    return flat[: limit - 3] + "..."
 
 
 def is_tls_failure(error: BaseException) -> bool:
