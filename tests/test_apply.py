@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,9 @@ def test_a_batch_counts_as_its_pages_one_by_one_and_writes_each_key_once(store: 
     assert (c.processed, c.created, c.updated, c.skipped, c.failed) == (4, 2, 1, 1, 0)
     assert (result.last_page, result.pages, result.records, result.writes) == (3, 3, 4, 2)
     (written,) = target.pages
-    assert sorted((w.op, w.external_id, w.record["name"]) for w in written) == [("create", "x", "Ada L."), ("create", "y", "Bo")]
+    assert sorted((w.op, w.external_id, w.record["name"]) for w in written) == [
+        ("create", "x", "Ada L."), ("create", "y", "Bo"),
+    ]
     states = store.key_states("p", ["x", "y"])
     assert states["x"].hash == HASHER({"name": "Ada L.", "tags": ["A"]})
     assert store.checkpoint("p") == '{"page": 4}'
@@ -86,8 +89,10 @@ def test_a_batch_leaves_what_the_pages_one_by_one_leave(tmp_path: Path) -> None:
         total = Counts()
         for group in ([pages()] if batched else [[p] for p in pages()]):
             counts = apply_plans("p", store, target, HASHER, group, committed=None).counts
-            total = Counts(*(getattr(total, f) + getattr(counts, f) for f in ("processed", "created", "updated", "skipped", "failed")))
-        rows = sqlite3.connect(folder / "out.db").execute("SELECT external_id, name, tags FROM items ORDER BY 1").fetchall()
+            names = ("processed", "created", "updated", "skipped", "failed")
+            total = Counts(*(getattr(total, f) + getattr(counts, f) for f in names))
+        out = sqlite3.connect(folder / "out.db")
+        rows = out.execute("SELECT external_id, name, tags FROM items ORDER BY 1").fetchall()
         hashes = {k: s.hash for k, s in store.key_states("p", ["a", "b", "c", "d"]).items()}
         outcomes.append((total, rows, hashes, store.checkpoint("p"), store.show("p")["failed_total"]))
         target.close()
@@ -156,20 +161,39 @@ def test_random_batches_leave_what_the_same_pages_one_by_one_leave(tmp_path: Pat
         target.close()
         return total, rows, hashes, shown["checkpoint"], failed
 
+    def pages(spec: list[list[tuple[str, str, bool]]]) -> list[PagePlan]:
+        made = []
+        for number, records in enumerate(spec, start=1):
+            page = plan(number, *[(k, v) for k, v, bad in records if not bad])
+            page.failed.extend(FailedRecord(k, {"id": k}, "bad") for k, _, bad in records if bad)
+            page.counts.processed += sum(bad for _, _, bad in records)
+            made.append(page)
+        return made
+
     for case in range(200):
         spec = []
         for _ in range(rng.randint(2, 4)):
             keys = rng.sample("ABC", rng.randint(0, 3))
             spec.append([(k, rng.choice("xy"), rng.random() < 0.3) for k in keys])
-
-        def pages() -> list[PagePlan]:
-            made = []
-            for number, records in enumerate(spec, start=1):
-                page = plan(number, *[(k, v) for k, v, bad in records if not bad])
-                page.failed.extend(FailedRecord(k, {"id": k}, "bad") for k, _, bad in records if bad)
-                page.counts.processed += sum(bad for _, _, bad in records)
-                made.append(page)
-            return made
-
-        one, batch = (outcome(pages(), b, tmp_path / f"{case}-{b}") for b in (False, True))
+        one, batch = (outcome(pages(spec), b, tmp_path / f"{case}-{b}") for b in (False, True))
         assert one == batch, spec
+
+
+def test_decide_is_plain_data_in_and_writes_out() -> None:
+    """decide() needs no store or target: known key states and hashes in, one write per key
+    (its newest record) and per-page unchanged counts out; a key created earlier in the
+    batch stays a create, an update carries the stored target id."""
+    from runner.load.apply import decide
+    from runner.state.base import KeyState
+
+    pages = [plan(1, ("new", "A"), ("same", "S"), ("changed", "C2")), plan(2, ("new", "A2"))]
+    hashed = [{"new": "h-new", "same": "h-same", "changed": "h-c2"}, {"new": "h-new2"}]
+    known = {"same": KeyState("h-same", "t1"), "changed": KeyState("h-c1", "t2")}
+    decision = decide(pages, known, hashed)
+    assert [(w.op, w.external_id, w.record["name"], w.target_id) for w in decision.writes] == [
+        ("create", "new", "A2", None), ("update", "changed", "C2", "t2"),
+    ]
+    assert decision.unchanged == [1, 0]
+    assert decision.hashes == {"new": "h-new2", "changed": "h-c2"}
+    assert [(i, w.external_id) for i, w in decision.decided] == [(0, "new"), (0, "changed"), (1, "new")]
+    assert known == {"same": KeyState("h-same", "t1"), "changed": KeyState("h-c1", "t2")}  # not mutated
