@@ -173,6 +173,7 @@ def _analyse(
     compiled = _expressions(values.data, report, unchecked)
     _placeholder_problems(values.data, report)
     _driver_problems(values.data, report)
+    _state_file_problems(values.data, report)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
     return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
 
@@ -316,6 +317,22 @@ def _driver_problems(data: Any, report: _Report) -> None:
         message = missing_postgres_driver(what) if used else None
         if message is not None:
             report.add(path, message, key=True, severity="warning")
+
+
+def _state_file_problems(data: Any, report: _Report) -> None:
+    """A sqlite target in the SQLite state store's own file would add its columns to the
+    state's tables (a target table named `keys` breaks every pipeline of that store)."""
+    target, state = _get(data, ("target", "path")), _get(data, ("state", "path"))
+    if _get(data, ("target", "type")) != "sqlite" or not isinstance(target, str) or _get(data, ("state", "dsn")):
+        return
+    try:
+        ours = _resolve(state if isinstance(state, str) else ".etl/state.db").resolve()
+        theirs = _resolve(target).resolve()
+        same = theirs == ours or (theirs.exists() and ours.exists() and os.path.samefile(theirs, ours))
+    except (OSError, ValueError):  # a path the OS refuses: opening it will say so
+        return
+    if same:
+        report.add(("target", "path"), "the target's path is the state store's own file; give the target another file")
 
 
 def _get(data: Any, path: KeyPath) -> Any:
