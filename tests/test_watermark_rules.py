@@ -65,6 +65,7 @@ class SortedApi:
             "offset": int(query.get("offset", "0")),
             "cursor": int(query.get("cursor", "0")),
             "next": int(query.get("at", "0")),
+            "link": int(query.get("at", "0")),
         }[style]
         chunk = [dict(r) for r in rows[start : start + PER_PAGE]]
         body: dict[str, Any] = {"data": chunk}
@@ -74,6 +75,10 @@ class SortedApi:
         if style == "next":
             since = f"&since={query['since']}" if "since" in query else ""
             body["next"] = f"/next?at={start + PER_PAGE}{since}" if more else None
+        if style == "link":
+            since = f"&since={query['since']}" if "since" in query else ""
+            link = f'<https://api.test/link?at={start + PER_PAGE}{since}>; rel="next"' if more else ""
+            return httpx.Response(200, json=chunk, headers={"Link": link} if link else {})
         return httpx.Response(200, json=body)
 
 
@@ -82,6 +87,7 @@ PAGINATION = {
     "offset": {"type": "offset", "limit": PER_PAGE},
     "cursor": {"type": "cursor", "path": "next_cursor", "param": "cursor"},
     "next": {"type": "next_url", "path": "next"},
+    "link": {"type": "link_header"},
 }
 
 
@@ -90,6 +96,7 @@ def pipeline(tmp_path: Path, style: str, **incremental: Any) -> Path:
         tmp_path, "https://api.test",
         source={
             "url": f"https://api.test/{style}", "concurrency": 1, "pagination": whole(PAGINATION[style]),
+            "records": "@" if style == "link" else "data",
             "incremental": {"cursor_field": "updated_at", "param": "since", **incremental},
         },
         mapping={"fields": whole({"name": "name", "updated_at": "updated_at"})},
