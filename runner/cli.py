@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import click
 
@@ -22,7 +22,7 @@ from runner import __version__, config, engine, log
 from runner.result import Counts
 from runner.errors import ConfigError, EtlError, Problem
 from runner.model import Pipeline, Secret, StateConfig
-from runner.state import open_store
+from runner.state import StateStore, open_known
 
 logger = logging.getLogger("runner.cli")
 
@@ -233,17 +233,24 @@ def _state_options(func: Any) -> Any:
 
 def _open_state(
     name: str, state_path: str | None, dsn: str | None, env_file: str | None, *, read_only: bool = False
-) -> tuple[str, Any]:
-    """NAME is a pipeline name, or a pipeline file whose `state:` says where its state is."""
+) -> tuple[str, StateStore]:
+    """NAME is a pipeline name, or a pipeline file whose `state:` says where its state is.
+    Creates no state file; a store that holds nothing of the pipeline is one line, exit 1."""
     try:
         if name.endswith((".yaml", ".yml")):
             pipeline = config.load_pipeline(name, env_file=env_file)
-            return pipeline.name, open_store(pipeline.state, read_only=read_only)
+            log.add_secrets(pipeline.secrets)  # `show` masks them, should a state file hold one
+            return pipeline.name, open_known(pipeline.state, pipeline.name, read_only=read_only)
         where = StateConfig(path=Path(state_path or ".etl/state.db"), dsn=Secret(dsn) if dsn else None)
-        return name, open_store(where, read_only=read_only)
+        return name, open_known(where, name, read_only=read_only)
     except EtlError as exc:
-        _error(str(exc))
-        sys.exit(exc.exit_code)
+        _fail(exc)
+
+
+def _fail(exc: EtlError) -> NoReturn:
+    """One line for the error, then its exit code (4 for a lock, 2 for a config error, else 1)."""
+    _error(str(exc))
+    sys.exit(exc.exit_code)
 
 
 @state.command("show")
@@ -254,12 +261,12 @@ def state_show(name: str, state_path: str | None, dsn: str | None, env_file: str
     name, store = _open_state(name, state_path, dsn, env_file, read_only=True)
     try:
         shown = store.show(name)
+    except EtlError as exc:
+        _fail(exc)
     finally:
         store.close()
-    if output_format == "json":
-        click.echo(json.dumps(shown, indent=2, default=str))
-        return
-    click.echo(_format_state(shown))
+    text = json.dumps(shown, indent=2, default=str) if output_format == "json" else _format_state(shown)
+    click.echo(log.redact(text))  # the last line of defence: no known secret leaves on stdout
 
 
 def _format_state(shown: dict[str, Any]) -> str:
@@ -292,13 +299,14 @@ def _describe_lock(lock: dict[str, Any] | None) -> str:
 @state.command("reset")
 @_state_options
 def state_reset(name: str, state_path: str | None, dsn: str | None, env_file: str | None) -> None:
-    """Clear watermark, checkpoint, content hashes and failed records (target ids are kept)."""
+    """Clear watermark, checkpoint, content hashes and failed records (target ids are kept).
+
+    Takes the pipeline's lock meanwhile: refused (exit 4) while a run holds it."""
     name, store = _open_state(name, state_path, dsn, env_file)
     try:
         store.reset(name)
     except EtlError as exc:
-        _error(str(exc))
-        sys.exit(exc.exit_code)
+        _fail(exc)
     finally:
         store.close()
     click.echo(f"{name}: state reset (target ids kept)")
@@ -306,11 +314,16 @@ def state_reset(name: str, state_path: str | None, dsn: str | None, env_file: st
 
 @state.command("unlock")
 @_state_options
-def state_unlock(name: str, state_path: str | None, dsn: str | None, env_file: str | None) -> None:
-    """Remove a lock left by a run that is gone (a run on another host cannot be checked)."""
+@click.option("--force", is_flag=True, help="Remove the lock even while its holder is alive on this host.")
+def state_unlock(name: str, state_path: str | None, dsn: str | None, env_file: str | None, force: bool) -> None:
+    """Remove a lock left by a run that is gone. Refused (exit 4) while its holder is alive
+    on this host, unless --force; a holder on another host cannot be checked. With a
+    PostgreSQL store, ends the database session that holds the lock."""
     name, store = _open_state(name, state_path, dsn, env_file)
     try:
-        removed = store.unlock(name)
+        removed = store.unlock(name, force=force)
+    except EtlError as exc:
+        _fail(exc)
     finally:
         store.close()
     click.echo(f"{name}: {'lock removed' if removed else 'no lock held'}")

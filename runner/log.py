@@ -47,6 +47,9 @@ _secret_params: set[str] = {
 _secret_headers: set[str] = {
     "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key",
 }
+# the names given to `add_secret_params`: query parameters that carry this process's own
+# credential (an api_key `in: query`), which the client puts on every request it sends
+_credential_params: set[str] = set()
 
 
 # --- events and run context -----------------------------------------------------
@@ -120,6 +123,20 @@ def add_secret_params(names: Iterable[str]) -> None:
     """Mark query parameter names whose values `redact_url` masks (e.g. an api_key's name)."""
     with _lock:
         _secret_params.update(name.lower() for name in names)
+        _credential_params.update(names)
+
+
+def credential_params() -> frozenset[str]:
+    """The query parameter names given to `add_secret_params`, as written: a stored request
+    may drop them, since the client adds them back to every request it sends."""
+    with _lock:
+        return frozenset(_credential_params)
+
+
+def holds_secret(text: str) -> bool:
+    """Whether `text` contains a known secret value (in any of its spellings)."""
+    pattern = _secret_pattern
+    return pattern is not None and pattern.search(text) is not None
 
 
 def add_secret_headers(names: Iterable[str]) -> None:
@@ -140,9 +157,24 @@ def redact_url(url: object) -> str:
 
 def _mask_param(pair: str) -> str:
     name, sep, _ = pair.partition("=")
-    if unquote_plus(name).lower() in _secret_params:
+    if is_secret_param(unquote_plus(name)):
         return f"{name}={MASK}"
     return pair
+
+
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter of this name carries a credential (`api_key`, `token`, ...)."""
+    return name.lower() in _secret_params
+
+
+def mask_query(url: str) -> str:
+    """The whole `url` (host kept) with secret query parameters masked and known secrets scrubbed."""
+    head, mark, rest = url.partition("?")
+    if not mark:
+        return redact(url)
+    query, hash_mark, fragment = rest.partition("#")
+    masked = "&".join(_mask_param(pair) for pair in query.split("&"))
+    return redact(f"{head}?{masked}{hash_mark}{fragment}")
 
 
 def redact_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import subprocess
@@ -15,9 +16,10 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from runner import log  # noqa: E402
 from runner.errors import LockError, StateError, TargetError  # noqa: E402
 from runner.model import PostgresTargetConfig, Secret, StateConfig  # noqa: E402
-from runner.state import open_store  # noqa: E402
+from runner.state import open_known, open_store  # noqa: E402
 from runner.state.base import FailedRecord, PageCommit, RunRecord  # noqa: E402
 from runner.state import postgres as state_postgres  # noqa: E402
 from runner.state.postgres import MIGRATIONS, PostgresStateStore  # noqa: E402
@@ -120,13 +122,13 @@ def test_target_id_is_kept_when_a_later_write_has_none(store: PostgresStateStore
 
 def test_commit_page_is_all_or_nothing(store: PostgresStateStore) -> None:
     """A page whose last statement fails leaves no trace: no hashes, no failures, no checkpoint."""
-    commit(store, hashes=[("old", "h", None)], checkpoint="before")
+    commit(store, hashes=[("old", "h", None)], checkpoint='"before"')
     with pytest.raises(StateError, match="state store .*/etl_t_"):
         commit(store, hashes=[("a", "h", None), ("old", "new", None)],
-               failed=[FailedRecord("bad\x00key", {}, "e")], checkpoint="after")
+               failed=[FailedRecord("bad\x00key", {}, "e")], checkpoint='"after"')
     assert store.key_states("p", ["a", "old"]) == {"old": store.key_states("p", ["old"])["old"]}
     assert store.key_states("p", ["old"])["old"].hash == "h"
-    assert store.checkpoint("p") == "before" and store.show("p")["failed_total"] == 0
+    assert store.checkpoint("p") == '"before"' and store.show("p")["failed_total"] == 0
     commit(store, hashes=[("a", "h", None)])  # the connection is usable afterwards
     assert set(store.key_states("p", ["a"])) == {"a"}
 
@@ -215,12 +217,12 @@ def test_read_only_store_on_an_empty_database_creates_nothing(dsn: str) -> None:
 
 def test_read_only_store_reads_and_changes_nothing(store: PostgresStateStore, dsn: str) -> None:
     """A read-only store reads existing state and leaves every row as it was, even when asked to write."""
-    commit(store, hashes=[("a", "h", "t")], failed=[FailedRecord("b", {}, "e")], checkpoint="c")
+    commit(store, hashes=[("a", "h", "t")], failed=[FailedRecord("b", {}, "e")], checkpoint='"c"')
     store.finish_run("p", RunRecord("r"), watermark="w", clear_checkpoint=False)
     before = dump_state(dsn)
     reader = PostgresStateStore(dsn, read_only=True)
     assert reader.key_states("p", ["a"])["a"].target_id == "t"
-    assert (reader.watermark("p"), reader.checkpoint("p"), reader.show("p")["failed_total"]) == ("w", "c", 1)
+    assert (reader.watermark("p"), reader.checkpoint("p"), reader.show("p")["failed_total"]) == ("w", '"c"', 1)
     with reader.lock("p", "dry"):
         commit(reader, hashes=[("x", "h", None)], checkpoint="other")
         reader.start_run("p", RunRecord("dry"))
@@ -302,6 +304,98 @@ def test_unlock_ends_the_session_that_holds_the_lock(dsn: str) -> None:
         pass
     assert admin.unlock("p") is False
     hung.close(), admin.close()
+
+
+def test_reset_takes_the_lock_and_refuses_while_a_run_holds_it(dsn: str) -> None:
+    """Reliability D12: `reset` while a run holds the pipeline's lock raises LockError naming the run
+    and clears nothing; once the run ends it resets, and leaves no lock behind."""
+    run, other = PostgresStateStore(dsn), PostgresStateStore(dsn)
+    with run.lock("p", "run-live"):
+        run.finish_run("p", RunRecord("run-live"), watermark=5, clear_checkpoint=False)
+        with pytest.raises(LockError, match=r"'p' is already running \(run run-live, pid \d+ on "):
+            other.reset("p")
+        assert other.watermark("p") == 5
+    other.reset("p")
+    assert other.watermark("p") is None and other.show("p")["lock"] is None
+    assert query(dsn, "SELECT count(*) FROM etl_state.locks") == [(0,)]
+    run.close(), other.close()
+
+
+def test_unlock_with_force_still_ends_the_holding_session(dsn: str) -> None:
+    """`unlock(force=True)` is accepted and does what `unlock` does with this store: ends the session."""
+    hung, admin = PostgresStateStore(dsn), PostgresStateStore(dsn)
+    holding = hung.lock("p", "hung")
+    holding.__enter__()
+    assert admin.unlock("p", force=True) is True
+    assert locks_within(admin, "p")
+    hung.close(), admin.close()
+
+
+def test_open_known_on_a_database_without_state_creates_nothing(dsn: str) -> None:
+    """Reliability D14: the `etl state` commands' open, on a database never used for state, is
+    `no state for pipeline` and creates no schema; on one that knows other pipelines, the same."""
+    config = StateConfig(dsn=Secret(dsn))
+    for read_only in (True, False):
+        with pytest.raises(StateError, match=r"^no state for pipeline 'x' in 127\.0\.0\.1:\d+/etl_t_\w+$"):
+            open_known(config, "x", read_only=read_only)
+    assert query(dsn, "SELECT to_regnamespace('etl_state')") == [(None,)]
+    writer = PostgresStateStore(dsn)
+    writer.start_run("p", RunRecord("r"))
+    writer.close()
+    with pytest.raises(StateError, match="no state for pipeline 'x'"):
+        open_known(config, "x")
+    known = open_known(config, "p")
+    assert known.knows("p") and not known.knows("x")
+    known.close()
+
+
+def test_a_column_added_to_every_state_table_breaks_no_write(store: PostgresStateStore, dsn: str) -> None:
+    """Reliability D11: every INSERT names its columns, so a column added to the state's tables
+    breaks nothing."""
+    for table in ("pipelines", "keys", "failed", "runs", "locks", "migrations"):
+        query(dsn, f"ALTER TABLE etl_state.{table} ADD COLUMN name text")
+    with store.lock("p", "r"):
+        store.start_run("p", RunRecord("r", started_at="t"))
+        commit(store, hashes=[("a", "h", "t1")], failed=[FailedRecord("b", {"x": 1}, "e")], checkpoint="null")
+        store.finish_run("p", RunRecord("r", status="success"), watermark=1, clear_checkpoint=True)
+    assert store.key_states("p", ["a"])["a"].target_id == "t1" and store.show("p")["failed_total"] == 1
+
+
+def test_no_secret_reaches_a_stored_checkpoint_or_failed_record(store: PostgresStateStore, dsn: str) -> None:
+    """Reliability D6/D14: the checkpoint is stored without its secret query values (and the
+    api_key's own parameter); a failed record's raw text and error with `***` for each secret."""
+    secret = "s3cr3t-postgres-unit"
+    log.add_secrets([secret])
+    log.add_secret_params(["k_pg"])
+    checkpoint = {"next": {"url": f"http://api.test/items?k_pg=x&page=2&key={secret}", "params": {"t": secret}},
+                  "pages": 1, "watermark": None}
+    commit(store, failed=[FailedRecord("a", {"token": secret, "n": [secret]}, f"bad {secret}")],
+           checkpoint=json.dumps(checkpoint))
+    assert json.loads(store.checkpoint("p"))["next"] == {"url": "http://api.test/items?page=2", "params": {}}
+    (failed,) = store.show("p")["failed"]
+    assert (failed["raw"], failed["error"]) == ({"token": "***", "n": ["***"]}, "bad ***")
+    assert secret not in repr(dump_state(dsn))
+
+
+def test_rows_that_cannot_be_read_are_one_state_error_and_reset_repairs_them(store: PostgresStateStore, dsn: str) -> None:
+    """A failed record's raw text that is not JSON, counts that are not an object, a checkpoint that
+    is not JSON: `show` raises one StateError naming the table and `etl state reset`; the reset
+    drops or clears them."""
+    run = RunRecord("r1", started_at="t1", counts={"created": 1})
+    store.start_run("p", run)
+    commit(store, failed=[FailedRecord("b", {"x": 1}, "e")])
+    store.finish_run("p", run, watermark=5, clear_checkpoint=False)
+    cases = [
+        ("UPDATE etl_state.failed SET raw='{'", "a failed record's raw text in table failed is not JSON"),
+        ("UPDATE etl_state.runs SET counts='[1]'", "the counts column of run r1 in table runs is a list, not an object"),
+        ("UPDATE etl_state.pipelines SET checkpoint='x'", "the checkpoint in table pipelines is not JSON"),
+    ]
+    for sql, message in cases:
+        query(dsn, sql)
+        with pytest.raises(StateError, match=rf"^state store .*: pipeline 'p': {message}.*`etl state reset p`"):
+            store.show("p")
+        store.reset("p")
+        assert store.show("p")["failed_total"] == 0
 
 
 LOCKER = """

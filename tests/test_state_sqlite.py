@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import queue
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from runner import log
 from runner.errors import LockError, StateError
 from runner.state import sqlite as state_sqlite
 from runner.state.base import FailedRecord, PageCommit, RunRecord
@@ -108,14 +110,15 @@ def test_show_returns_each_part_of_a_pipeline_state(store: SqliteStateStore, mon
     monkeypatch.setattr(state_sqlite, "now_iso", lambda: "T")
     run = RunRecord("r1", started_at="t1")
     store.start_run("p", run)
+    checkpoint = '{"next": {"url": "http://api/items?page=2", "params": null}, "pages": 1, "watermark": null}'
     commit(store, hashes=[("a", "h", None), ("b", "h", "crm_2")], failed=[FailedRecord("c", {"id": "c"}, "bad")],
-           checkpoint='{"page": 2}')
+           checkpoint=checkpoint)
     run.status, run.finished_at, run.counts = "partial", "t2", {"created": 2, "failed": 1}
     store.finish_run("p", run, watermark={"at": 5}, clear_checkpoint=False)
     with store.lock("p", "r2"):
         shown = store.show("p")
     assert shown == {
-        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": '{"page": 2}', "keys": 2,
+        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": checkpoint, "keys": 2,
         "lock": {"run_id": "r2", "pid": os.getpid(), "host": socket.gethostname(), "acquired_at": "T"},
         "runs": [
             {"run_id": "r1", "status": "partial", "started_at": "t1", "finished_at": "t2", "created": 2, "failed": 1},
@@ -191,6 +194,185 @@ def test_unlock_clears_a_lock(store: SqliteStateStore) -> None:
     store._db.execute("INSERT INTO locks VALUES ('p', 'r', 1, 'elsewhere', 't')")
     assert store.unlock("p") is True and store.show("p")["lock"] is None
     assert store.unlock("p") is False
+
+
+def test_unlock_refuses_a_holder_alive_on_this_host_unless_forced(tmp_path: Path) -> None:
+    """Reliability D12: while the lock's holder is a live process on this host, `unlock` raises
+    LockError (exit 4) naming its run, pid and host; `force=True` removes the lock anyway."""
+    holder, other = SqliteStateStore(tmp_path / "s.db"), SqliteStateStore(tmp_path / "s.db")
+    with holder.lock("p", "run-live"):
+        with pytest.raises(LockError, match=rf"run run-live, pid {os.getpid()} on {socket.gethostname()}.*--force") as caught:
+            other.unlock("p")
+        assert caught.value.exit_code == 4 and "\n" not in str(caught.value)
+        assert other.show("p")["lock"]["run_id"] == "run-live"
+        assert other.unlock("p", force=True) is True and other.show("p")["lock"] is None
+    holder.close(), other.close()
+
+
+def test_unlock_removes_the_lock_of_a_dead_local_process(tmp_path: Path) -> None:
+    """A lock whose holder on this host is gone is removed without --force."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store = SqliteStateStore(tmp_path / "s.db")
+    store._db.execute("INSERT INTO locks VALUES ('p', 'r', ?, ?, 't')", (gone.pid, socket.gethostname()))
+    assert store.unlock("p") is True and store.show("p")["lock"] is None
+    store.close()
+
+
+def test_reset_takes_the_lock_and_refuses_while_a_run_holds_it(tmp_path: Path) -> None:
+    """Reliability D12: `reset` under a live run's lock raises LockError naming the run and
+    clears nothing; once the run is over it resets, and leaves no lock behind."""
+    run, other = SqliteStateStore(tmp_path / "s.db"), SqliteStateStore(tmp_path / "s.db")
+    with run.lock("p", "run-live"):
+        run.finish_run("p", RunRecord("run-live"), watermark=5, clear_checkpoint=False)
+        with pytest.raises(LockError, match=rf"already running \(run run-live, pid {os.getpid()} on "):
+            other.reset("p")
+        assert other.watermark("p") == 5
+    other.reset("p")
+    assert other.watermark("p") is None and other.show("p")["lock"] is None
+    run.close(), other.close()
+
+
+def test_knows_a_pipeline_by_any_of_its_rows(store: SqliteStateStore) -> None:
+    """`knows` is true for a pipeline with any row (a lock alone is one), false for one never seen."""
+    assert not store.knows("p")
+    with store.lock("p", "r"):
+        assert store.knows("p") and not store.knows("other")
+    store.start_run("q", RunRecord("r2"))
+    assert store.knows("q") and not store.knows("p")
+
+
+def test_a_column_added_to_every_state_table_breaks_no_write(store: SqliteStateStore) -> None:
+    """Reliability D11: a column something else added to the state's tables (a sqlite target
+    pointed at the state file adds its fields) does not break the store: every INSERT names
+    its columns."""
+    for table in ("pipelines", "keys", "failed", "runs", "locks"):
+        store._db.execute(f"ALTER TABLE {table} ADD COLUMN name TEXT")
+    with store.lock("p", "r"):
+        store.start_run("p", RunRecord("r", started_at="t"))
+        commit(store, hashes=[("a", "h", "t1")], failed=[FailedRecord("b", {"x": 1}, "e")], checkpoint="null")
+        store.finish_run("p", RunRecord("r", status="success"), watermark=1, clear_checkpoint=True)
+    assert store.key_states("p", ["a"])["a"].target_id == "t1" and store.show("p")["failed_total"] == 1
+
+
+# --- no secret in the store (reliability D6) --------------------------------------------------
+
+
+def checkpoint_text(url: str, params: dict[str, Any] | None = None) -> str:
+    return json.dumps({"next": {"url": url, "params": params}, "pages": 2, "watermark": None})
+
+
+def test_a_stored_checkpoint_loses_its_secret_query_values(tmp_path: Path) -> None:
+    """A checkpoint's next request is stored without the query parameters whose value holds a
+    known secret (in the URL or its params) and without the api_key's own parameter whatever
+    its value; the rest of the URL stays as written, and no byte of the file holds the secret."""
+    secret = "s3cr3t-checkpoint-unit"
+    log.add_secrets([secret])
+    log.add_secret_params(["k_unit"])
+    store = SqliteStateStore(tmp_path / "s.db")
+    url = f"http://api.test/items?k_unit=other&page=2&sig=x{secret}y&q=a%20b#top"
+    commit(store, checkpoint=checkpoint_text(url, {"token": secret, "per_page": 10}))
+    assert json.loads(store.checkpoint("p"))["next"] == {
+        "url": "http://api.test/items?page=2&q=a%20b#top", "params": {"per_page": 10},
+    }
+    commit(store, checkpoint=checkpoint_text("http://api.test/items?page=3"))  # nothing to remove: kept as written
+    assert store.checkpoint("p") == checkpoint_text("http://api.test/items?page=3")
+    store.close()
+    assert not any(secret.encode() in f.read_bytes() for f in tmp_path.iterdir())
+
+
+def test_a_checkpoint_with_a_secret_outside_its_query_is_not_kept(
+    store: SqliteStateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret in a next URL's path cannot be removed and put back: the checkpoint is not kept
+    (the next run starts from the beginning), and the log says so."""
+    secret = "s3cr3t-in-a-path"
+    log.add_secrets([secret])
+    with caplog.at_level("WARNING"):
+        commit(store, checkpoint=checkpoint_text(f"http://api.test/{secret}/items?page=2"))
+    assert store.checkpoint("p") is None and "state.checkpoint_dropped" in caplog.text
+
+
+def test_a_failed_record_is_stored_with_its_secrets_masked(tmp_path: Path) -> None:
+    """Reliability D14: a failed record's raw text (keys and values, at any depth), its key and its
+    error are stored with every secret value replaced by `***`; the raw text is still JSON, and
+    the record's later success clears it."""
+    secret = "s3cr3t-failed-unit"
+    log.add_secrets([secret])
+    store = SqliteStateStore(tmp_path / "s.db")
+    raw = {"id": "a", "token": secret, "nested": [{"note": f"key={secret};"}], secret: 1}
+    commit(store, failed=[FailedRecord("a", raw, f"HTTP 400: {secret} is not valid")])
+    (shown,) = store.show("p")["failed"]
+    assert shown["raw"] == {"id": "a", "token": "***", "nested": [{"note": "key=***;"}], "***": 1}
+    assert shown["error"] == "HTTP 400: *** is not valid"
+    commit(store, failed=[FailedRecord(None, {"secret": secret}, "no key")])
+    commit(store, hashes=[("a", "h", None)], succeeded=["a"])
+    assert [f["raw"] for f in store.show("p")["failed"]] == [{"secret": "***"}]
+    store.close()
+    assert not any(secret.encode() in f.read_bytes() for f in tmp_path.iterdir())
+
+
+# --- rows that cannot be read (reliability D10) -------------------------------------------------
+
+
+CORRUPT = {
+    "watermark": ("UPDATE pipelines SET watermark='{oops'", r"the watermark in table pipelines is not JSON"),
+    "checkpoint": ("UPDATE pipelines SET checkpoint='not json'", r"the checkpoint in table pipelines is not JSON.*--restart"),
+    "counts": ("UPDATE runs SET counts='x'", r"the counts column of run r1 in table runs is not JSON"),
+    "counts-shape": ("UPDATE runs SET counts='[1, 2]'", r"the counts column of run r1 in table runs is a list, not an object"),
+    "raw": ("UPDATE failed SET raw='{'", r"a failed record's raw text in table failed is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT))
+def test_a_row_that_cannot_be_read_is_one_state_error_and_reset_repairs_it(store: SqliteStateStore, case: str) -> None:
+    """A state row that is not JSON (or counts that are not an object) makes `show` raise one
+    StateError naming the store, the pipeline, the table and `etl state reset`; after the
+    reset, `show` works again."""
+    run = RunRecord("r1", started_at="t1", counts={"created": 1})
+    store.start_run("p", run)
+    commit(store, failed=[FailedRecord("b", {"x": 1}, "e")], checkpoint=checkpoint_text("http://api.test/?page=2"))
+    store.finish_run("p", run, watermark=5, clear_checkpoint=False)
+    sql, message = CORRUPT[case]
+    store._db.execute(sql)
+    with pytest.raises(StateError, match=rf"^state store .*state\.db: pipeline 'p': {message}.*`etl state reset p`") as caught:
+        store.show("p")
+    assert "\n" not in str(caught.value)
+    if case == "watermark":
+        with pytest.raises(StateError, match=message):
+            store.watermark("p")
+    store.reset("p")
+    assert store.show("p")["failed_total"] == 0
+
+
+def test_a_missing_table_is_one_state_error_saying_what_to_do(store: SqliteStateStore) -> None:
+    """A state file whose `keys` table is gone: one StateError naming the table and the way out."""
+    store._db.execute("DROP TABLE keys")
+    with pytest.raises(StateError, match=r"state\.db: table keys is missing: .*move it aside"):
+        store.show("p")
+
+
+def test_a_folder_that_is_a_file_is_one_state_error(tmp_path: Path) -> None:
+    """`.etl` being a regular file: one StateError naming it, not a FileExistsError."""
+    (tmp_path / ".etl").write_text("")
+    with pytest.raises(StateError, match=r"cannot open: .*\.etl is a file, not a folder"):
+        SqliteStateStore(tmp_path / ".etl" / "state.db")
+
+
+def test_read_only_store_on_a_log_without_its_index_is_one_state_error(tmp_path: Path) -> None:
+    """A write-ahead log whose -shm index is gone cannot be read without creating one: a
+    read-only store says so (and creates nothing) instead of writing the index."""
+    path = tmp_path / "s.db"
+    code = (
+        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; from runner.state.base import PageCommit;"
+        f"s=S(pathlib.Path({str(path)!r})); s.commit_page('p', PageCommit([('a','h',None)], [], [], None)); os._exit(0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    Path(f"{path}-shm").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(StateError, match="has no index .*a run that is not a dry run recovers it"):
+        SqliteStateStore(path, read_only=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_read_only_store_sees_commits_left_in_the_wal_by_a_killed_run(tmp_path: Path) -> None:

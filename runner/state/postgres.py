@@ -12,17 +12,18 @@ the whole run. A process that dies loses its session, so the server frees
 its lock; there is nothing to take over. `etl_state.locks` only describes the
 holder (run, pid, host) for messages and `show`; a row whose advisory lock is
 not held means nothing. `unlock` ends the database session that holds a lock
-(a hung process, or a half-open connection the server has not noticed yet).
+(a hung process, or a half-open connection the server has not noticed yet);
+`reset` takes the lock for its transaction, so it refuses while a run holds it.
 
 Read-only mode (dry-run) sets the session read-only and creates nothing: when
-the tables do not exist the store behaves as an empty one. The DSN's password
+the tables do not exist the store behaves as an empty one; so does a store
+opened with `create=False` (the `etl state` commands) on a database without them. The DSN's password
 never appears in an error: messages name `host:port/dbname` and have any
 occurrence of the password scrubbed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -43,8 +44,11 @@ from runner.state.base import (
     RunRow,
     StateQueries,
     build_show,
-    failure_key,
     now_iso,
+    reset_run_id,
+    stored_checkpoint,
+    stored_failure_key,
+    stored_failures,
 )
 
 SCHEMA = "etl_state"
@@ -79,10 +83,12 @@ _MIGRATE_KEY = advisory_key("etl_state migrate")
 class PostgresStateStore(LockingStore):
     """State in the `etl_state` schema of one PostgreSQL database, shared by all pipelines."""
 
-    def __init__(self, dsn: str, *, read_only: bool = False) -> None:
+    def __init__(self, dsn: str, *, read_only: bool = False, create: bool = True) -> None:
         self._dsn = dsn
         self.read_only = read_only
-        self.where = f"state store {describe(dsn)}"
+        self._create = create
+        self.location = describe(dsn)  # for messages: host:port/dbname, never the password
+        self.where = f"state store {self.location}"
         self._held: dict[str, str] = {}  # pipeline -> run_id, locks this session holds
         self._db = connect(dsn, error=StateError, where=self.where)
         try:
@@ -91,17 +97,19 @@ class PostgresStateStore(LockingStore):
         except BaseException:
             self._db.close()
             raise
-        self._queries: StateQueries = _NoTables() if self._empty else _Queries(self._db)
+        self._queries: StateQueries = _NoTables() if self._empty else _Queries(self._db, self.where)
 
     def _open(self) -> bool:
         """Migrate (or, read-only, only look); True when there are no tables to read."""
         if self.read_only:
             self._db.execute("SET default_transaction_read_only = on")
-            if self._version() is None:
+        version = self._version()
+        if self.read_only or (version is None and not self._create):
+            if version is None:
                 return True
             self._check_version()
             return False
-        if self._version() != len(MIGRATIONS):
+        if version != len(MIGRATIONS):
             with self._db.transaction():
                 self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_KEY,))
                 self._db.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -113,7 +121,9 @@ class PostgresStateStore(LockingStore):
                 for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     for statement in filter(str.strip, script.split(";")):
                         self._db.execute(statement)
-                    self._db.execute(f"INSERT INTO {SCHEMA}.migrations VALUES (%s, %s)", (number, now_iso()))
+                    self._db.execute(
+                        f"INSERT INTO {SCHEMA}.migrations (version, applied_at) VALUES (%s, %s)", (number, now_iso())
+                    )
         return False
 
     def _version(self) -> int | None:
@@ -161,7 +171,8 @@ class PostgresStateStore(LockingStore):
         try:
             with self._errors():
                 self._db.execute(
-                    f"INSERT INTO {SCHEMA}.locks VALUES (%s, %s, %s, %s, %s, pg_backend_pid()) "
+                    f"INSERT INTO {SCHEMA}.locks (pipeline, run_id, pid, host, acquired_at, backend_pid) "
+                    "VALUES (%s, %s, %s, %s, %s, pg_backend_pid()) "
                     "ON CONFLICT (pipeline) DO UPDATE SET run_id=excluded.run_id, pid=excluded.pid, "
                     "host=excluded.host, acquired_at=excluded.acquired_at, backend_pid=excluded.backend_pid",
                     (pipeline, run_id, os.getpid(), socket.gethostname(), now_iso()),
@@ -193,8 +204,11 @@ class PostgresStateStore(LockingStore):
             f"gone for good, run `etl state unlock {pipeline}` (it ends that database session)"
         )
 
-    def unlock(self, pipeline: str) -> bool:
-        """Remove the pipeline's lock: end the session that holds it and forget its holder."""
+    def unlock(self, pipeline: str, *, force: bool = False) -> bool:
+        """Remove the pipeline's lock: end the session that holds it and forget its holder.
+
+        Unlike SQLite's, this lock is freed by the server when its process dies; one still
+        held is a live session, which is what this is asked to end (`force` changes nothing)."""
         self._refuse_when_read_only(f"unlock {pipeline!r}")
         high, low = _lock_ids(advisory_key(pipeline))
         # from PostgreSQL 14 on, wait (up to 5 s) until the session has ended and its lock is free
@@ -222,6 +236,10 @@ class PostgresStateStore(LockingStore):
             row = self._queries.pipeline_row(pipeline)
         return None if row is None else row[1]
 
+    def knows(self, pipeline: str) -> bool:
+        with self._errors():
+            return self._queries.knows(pipeline)
+
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
         if self._empty or not keys:
             return {}
@@ -240,14 +258,13 @@ class PostgresStateStore(LockingStore):
             return
         stamp = now_iso()
         hashes = _merge_hashes(commit.hashes)
-        failed = {
-            failure_key(f.external_id, f.raw): (f.external_id, json.dumps(f.raw, default=str), _text(f.error))
-            for f in commit.failed
-        }
+        # no secret in the store: masked before the transaction
+        failed = {fkey: (eid, raw, _text(error)) for fkey, eid, raw, error in stored_failures(commit.failed)}
+        checkpoint = stored_checkpoint(commit.checkpoint)
         with self._tx() as db, db.pipeline():
             if hashes:
                 db.execute(
-                    f"INSERT INTO {SCHEMA}.keys AS k "
+                    f"INSERT INTO {SCHEMA}.keys AS k (pipeline, external_id, hash, target_id, updated_at) "
                     "SELECT %s, u.key, u.hash, u.tid, %s FROM unnest(%s::text[], %s::text[], %s::text[]) "
                     "AS u(key, hash, tid) ON CONFLICT (pipeline, external_id) DO UPDATE SET "
                     "hash=excluded.hash, target_id=COALESCE(excluded.target_id, k.target_id), "
@@ -257,19 +274,19 @@ class PostgresStateStore(LockingStore):
             if commit.succeeded:
                 db.execute(
                     f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s AND fkey = ANY(%s::text[])",
-                    (pipeline, [failure_key(key, None) for key in commit.succeeded]),
+                    (pipeline, [stored_failure_key(key) for key in commit.succeeded]),
                 )
             if failed:
                 rows = list(failed.values())
                 db.execute(
-                    f"INSERT INTO {SCHEMA}.failed "
+                    f"INSERT INTO {SCHEMA}.failed (pipeline, fkey, external_id, raw, error, failed_at) "
                     "SELECT %s, u.fkey, u.eid, u.raw, u.error, %s "
                     "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(fkey, eid, raw, error) "
                     "ON CONFLICT (pipeline, fkey) DO UPDATE SET external_id=excluded.external_id, "
                     "raw=excluded.raw, error=excluded.error, failed_at=excluded.failed_at",
                     (pipeline, stamp, list(failed), *(list(column) for column in zip(*rows))),
                 )
-            self._set_pipeline(db, pipeline, checkpoint=commit.checkpoint)
+            self._set_pipeline(db, pipeline, checkpoint=checkpoint)
 
     def _set_pipeline(self, db: psycopg.Connection[Any], pipeline: str, **values: Any) -> None:
         """Upsert the pipeline's row, setting `updated_at` and the given columns."""
@@ -287,7 +304,7 @@ class PostgresStateStore(LockingStore):
             return
         with self._tx() as db:
             db.execute(
-                f"INSERT INTO {SCHEMA}.runs VALUES (%s, %s, %s, %s, NULL, %s)",
+                f"INSERT INTO {SCHEMA}.runs (run_id, pipeline, status, started_at, counts) VALUES (%s, %s, %s, %s, %s)",
                 (run.run_id, pipeline, run.status, run.started_at, _jsonb(run.counts)),
             )
 
@@ -307,20 +324,25 @@ class PostgresStateStore(LockingStore):
             self._set_pipeline(db, pipeline, **values)
 
     def reset(self, pipeline: str) -> None:
-        """Clear watermark, checkpoint, hashes and failures; keep target ids (no duplicates)."""
+        """Under the pipeline's lock (LockError while a run holds it): clear watermark,
+        checkpoint, hashes and failures, and drop run rows whose counts are not an object;
+        keep target ids (no duplicates) and the readable run history."""
         self._refuse_when_read_only(f"reset {pipeline!r}")
-        with self._tx() as db, db.pipeline():
+        with self.lock(pipeline, reset_run_id()), self._tx() as db, db.pipeline():
             db.execute(f"UPDATE {SCHEMA}.pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=%s", (pipeline,))
             db.execute(f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND target_id IS NULL", (pipeline,))
             db.execute(f"UPDATE {SCHEMA}.keys SET hash=NULL WHERE pipeline=%s", (pipeline,))
             db.execute(f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s", (pipeline,))
+            db.execute(
+                f"DELETE FROM {SCHEMA}.runs WHERE pipeline=%s AND jsonb_typeof(counts) <> 'object'", (pipeline,)
+            )
 
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
         """Everything `etl state show` prints, as a JSON-ready dict."""
         with self._errors():
-            return build_show(self._queries, pipeline, runs=runs, failed=failed)
+            return build_show(self._queries, pipeline, runs=runs, failed=failed, where=self.where)
 
     def close(self) -> None:
         """Release the locks still held (the server would too, but only once it sees the session end)."""
@@ -334,14 +356,24 @@ class PostgresStateStore(LockingStore):
 class _Queries:
     """The reads `show`, `watermark` and `checkpoint` are made of (runner.state.base.StateQueries)."""
 
-    def __init__(self, db: psycopg.Connection[Any]) -> None:
-        self._db = db
+    def __init__(self, db: psycopg.Connection[Any], where: str) -> None:
+        self._db, self._where = db, where
 
     def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
+        # the watermark is jsonb, decoded by psycopg: the server keeps only valid JSON there
         row = self._db.execute(
             f"SELECT watermark, checkpoint FROM {SCHEMA}.pipelines WHERE pipeline=%s", (pipeline,)
         ).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def knows(self, pipeline: str) -> bool:
+        row = self._db.execute(
+            "SELECT " + " OR ".join(
+                f"EXISTS (SELECT 1 FROM {SCHEMA}.{table} WHERE pipeline=%(p)s)" for table in _TABLES
+            ),
+            {"p": pipeline},
+        ).fetchone()
+        return bool(row and row[0])
 
     def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
         # `table` is one of two names (its type says which), never input
@@ -381,6 +413,9 @@ class _NoTables:
     def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
         return None
 
+    def knows(self, pipeline: str) -> bool:
+        return False
+
     def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
         return 0
 
@@ -392,6 +427,10 @@ class _NoTables:
 
     def failures(self, pipeline: str, limit: int) -> list[FailureRow]:
         return []
+
+
+# every table that holds rows of a pipeline (`knows`)
+_TABLES = ("pipelines", "runs", "keys", "failed", "locks")
 
 
 def _merge_hashes(rows: Sequence[tuple[str, str | None, str | None]]) -> dict[str, tuple[str | None, str | None]]:

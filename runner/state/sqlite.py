@@ -6,7 +6,12 @@ the schema version is read again inside the migration's write transaction, so
 only the first migrates and the second finds the tables made.
 
 Read-only mode (dry-run) opens an existing file immutably, or an empty
-in-memory store when there is none, so it never creates or changes a file.
+in-memory store when there is none, so it never creates or changes a file. A
+file that a killed run left with a write-ahead log is read through it with
+`readonly_shm`, so that not even its `-shm` index is written.
+
+Every INSERT names its columns: a column that something else added to a state
+table (a misdirected target, a hand edit) cannot shift the values.
 """
 
 from __future__ import annotations
@@ -30,10 +35,16 @@ from runner.state.base import (
     RunRecord,
     RunRow,
     build_show,
-    failure_key,
+    live_local_holder,
     log_takeover,
     now_iso,
     pid_alive,
+    read_json,
+    reset_drops_runs,
+    reset_run_id,
+    stored_checkpoint,
+    stored_failure_key,
+    stored_failures,
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -65,13 +76,17 @@ class SqliteStateStore(LockingStore):
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.location = str(self.path)  # for messages: the path as given
+        self.where = f"state store {self.location}"
         try:
             # synchronous NORMAL (connect's default), not FULL: a commit lost to a power cut
             # only makes the next run replay its page, which upserts make harmless
             self._db = self._connect_read_only() if read_only else connect(self.path, timeout=BUSY_TIMEOUT)
-        except (sqlite3.Error, OSError) as exc:  # OSError: the folder cannot be made
-            raise StateError(f"state store {self.path}: cannot open: {exc}") from exc
-        self._queries = _Queries(self._db)
+        except sqlite3.Error as exc:
+            raise StateError(f"{self.where}: cannot open: {exc}") from exc
+        except OSError as exc:  # the folder cannot be made
+            raise StateError(f"{self.where}: cannot open: {_folder_problem(self.path, exc)}") from exc
+        self._queries = _Queries(self._db, self.where)
         try:
             self._migrate()
         except sqlite3.Error as exc:
@@ -86,13 +101,26 @@ class SqliteStateStore(LockingStore):
         through its write-ahead log when a killed run left one (its commits live there)."""
         if not self.path.exists():
             return sqlite3.connect(":memory:", isolation_level=None)
-        has_wal = Path(f"{self.path}-wal").exists()
-        mode = "mode=ro" if has_wal else "mode=ro&immutable=1"
+        # with a log: read its index (-shm) without writing it, which a plain mode=ro would do
+        mode = "mode=ro&readonly_shm=1" if self._has_log() else "mode=ro&immutable=1"
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
         if _user_version(db) == 0:  # created, never migrated
             db.close()
             return sqlite3.connect(":memory:", isolation_level=None)
         return db
+
+    def _has_log(self) -> bool:
+        """Whether the file has a write-ahead log to read; StateError when its index is gone
+        (SQLite would have to create one, and a read-only store creates no file)."""
+        wal = Path(f"{self.path}-wal")
+        if not wal.exists():
+            return False
+        if wal.stat().st_size > 0 and not Path(f"{self.path}-shm").exists():
+            raise sqlite3.OperationalError(
+                f"its write-ahead log {wal.name} has no index ({self.path.name}-shm); "
+                "a run that is not a dry run recovers it"
+            )
+        return True
 
     def _migrate(self) -> None:
         version = self._checked_version()
@@ -126,7 +154,13 @@ class SqliteStateStore(LockingStore):
         try:
             yield
         except sqlite3.Error as exc:
-            raise StateError(f"state store {self.path}: {exc}") from exc
+            missing = str(exc).removeprefix("no such table: ")
+            if missing != str(exc):
+                raise StateError(
+                    f"{self.where}: table {missing} is missing: the file is damaged or is not an etl "
+                    "state file; move it aside (the next run reads everything again) or use another one"
+                ) from exc
+            raise StateError(f"{self.where}: {exc}") from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -148,15 +182,28 @@ class SqliteStateStore(LockingStore):
             if row is not None:
                 check_holder(pipeline, row[0], row[1], row[2], row[3], host)
             db.execute(
-                "INSERT OR REPLACE INTO locks VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO locks (pipeline, run_id, pid, host, acquired_at) VALUES (?, ?, ?, ?, ?)",
                 (pipeline, run_id, pid, host, now_iso()),
             )
 
-    def unlock(self, pipeline: str) -> bool:
-        """Remove the pipeline's lock, whoever holds it; True when there was one."""
+    def unlock(self, pipeline: str, *, force: bool = False) -> bool:
+        """Remove the pipeline's lock; True when there was one. A holder alive on this host is
+        refused (LockError) unless `force`; one on another host cannot be checked."""
         with self._tx() as db:
-            removed: int = db.execute("DELETE FROM locks WHERE pipeline=?", (pipeline,)).rowcount
-        return removed > 0
+            row = db.execute(
+                "SELECT run_id, pid, host, acquired_at FROM locks WHERE pipeline=?", (pipeline,)
+            ).fetchone()
+            if row is None:
+                return False
+            run_id, pid, host, since = row
+            if not force and live_local_holder(pid, host):
+                raise LockError(
+                    f"pipeline {pipeline!r} is locked by a live process (run {run_id}, pid {pid} on {host}, "
+                    f"since {since}); wait for it to finish or stop it (`etl state unlock {pipeline} --force` "
+                    "removes the lock anyway, and lets a second run start beside it)"
+                )
+            db.execute("DELETE FROM locks WHERE pipeline=?", (pipeline,))
+        return True
 
     # --- reads ---------------------------------------------------------------
 
@@ -169,6 +216,10 @@ class SqliteStateStore(LockingStore):
         with self._errors():
             row = self._queries.pipeline_row(pipeline)
         return None if row is None else row[1]
+
+    def knows(self, pipeline: str) -> bool:
+        with self._errors():
+            return self._queries.knows(pipeline)
 
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
         found: dict[str, KeyState] = {}
@@ -190,26 +241,26 @@ class SqliteStateStore(LockingStore):
         if self.read_only:
             return
         stamp = now_iso()
+        failed = stored_failures(commit.failed)  # no secret in the store: masked before the transaction
+        checkpoint = stored_checkpoint(commit.checkpoint)
         with self._tx() as db:
             insert_rows(
-                db, "INSERT INTO keys", [(pipeline, key, h, tid, stamp) for key, h, tid in commit.hashes],
+                db, "INSERT INTO keys (pipeline, external_id, hash, target_id, updated_at)",
+                [(pipeline, key, h, tid, stamp) for key, h, tid in commit.hashes],
                 "ON CONFLICT (pipeline, external_id) DO UPDATE SET hash=excluded.hash, "
                 "target_id=COALESCE(excluded.target_id, keys.target_id), updated_at=excluded.updated_at",
             )
             if commit.succeeded and _has_failures(db, pipeline):
                 db.executemany(
                     "DELETE FROM failed WHERE pipeline=? AND fkey=?",
-                    [(pipeline, failure_key(key, None)) for key in commit.succeeded],
+                    [(pipeline, stored_failure_key(key)) for key in commit.succeeded],
                 )
             db.executemany(
-                "INSERT OR REPLACE INTO failed VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (pipeline, failure_key(f.external_id, f.raw), f.external_id,
-                     json.dumps(f.raw, default=str), f.error, stamp)
-                    for f in commit.failed
-                ],
+                "INSERT OR REPLACE INTO failed (pipeline, fkey, external_id, raw, error, failed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(pipeline, *row, stamp) for row in failed],
             )
-            self._set_pipeline(db, pipeline, checkpoint=commit.checkpoint)
+            self._set_pipeline(db, pipeline, checkpoint=checkpoint)
 
     def _set_pipeline(self, db: sqlite3.Connection, pipeline: str, **values: str | None) -> None:
         """Upsert the pipeline's row with `values` (watermark, checkpoint) in one statement."""
@@ -226,7 +277,7 @@ class SqliteStateStore(LockingStore):
             return
         with self._tx() as db:
             db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, NULL, ?)",
+                "INSERT INTO runs (run_id, pipeline, status, started_at, counts) VALUES (?, ?, ?, ?, ?)",
                 (run.run_id, pipeline, run.status, run.started_at, json.dumps(run.counts)),
             )
 
@@ -246,19 +297,24 @@ class SqliteStateStore(LockingStore):
             self._set_pipeline(db, pipeline, **values)
 
     def reset(self, pipeline: str) -> None:
-        """Clear watermark, checkpoint, hashes and failures; keep target ids (no duplicates)."""
-        with self._tx() as db:
+        """Under the pipeline's lock (LockError while a run holds it): clear watermark,
+        checkpoint, hashes and failures, and drop run rows that cannot be read; keep target
+        ids (no duplicates) and the readable run history."""
+        with self.lock(pipeline, reset_run_id()), self._tx() as db:
             db.execute("UPDATE pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=?", (pipeline,))
             db.execute("UPDATE keys SET hash=NULL WHERE pipeline=?", (pipeline,))
             db.execute("DELETE FROM keys WHERE pipeline=? AND target_id IS NULL", (pipeline,))
             db.execute("DELETE FROM failed WHERE pipeline=?", (pipeline,))
+            runs = db.execute("SELECT run_id, counts FROM runs WHERE pipeline=?", (pipeline,)).fetchall()
+            unreadable = [(run_id,) for run_id, counts in runs if not _json_object(counts)]
+            db.executemany("DELETE FROM runs WHERE run_id=?", unreadable)
 
     # --- show ----------------------------------------------------------------
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
         """Everything `etl state show` prints, as a JSON-ready dict."""
         with self._errors():
-            return build_show(self._queries, pipeline, runs=runs, failed=failed)
+            return build_show(self._queries, pipeline, runs=runs, failed=failed, where=self.where)
 
     def close(self) -> None:
         """Close the file (a lock still held stays, for the next run to take over or refuse)."""
@@ -268,8 +324,8 @@ class SqliteStateStore(LockingStore):
 class _Queries:
     """The reads `show`, `watermark` and `checkpoint` are made of (runner.state.base.StateQueries)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+    def __init__(self, db: sqlite3.Connection, where: str) -> None:
+        self._db, self._where = db, where
 
     def pipeline_row(self, pipeline: str) -> tuple[Any, str | None] | None:
         row = self._db.execute(
@@ -278,7 +334,16 @@ class _Queries:
         if row is None:
             return None
         watermark, checkpoint = row
-        return (None if watermark is None else json.loads(watermark)), checkpoint
+        if watermark is not None:
+            watermark = read_json(watermark, self._where, pipeline, "the watermark in table pipelines")
+        return watermark, checkpoint
+
+    def knows(self, pipeline: str) -> bool:
+        found = self._db.execute(
+            " UNION ALL ".join(f"SELECT 1 FROM (SELECT 1 FROM {t} WHERE pipeline=? LIMIT 1)" for t in _TABLES),
+            [pipeline] * len(_TABLES),
+        ).fetchone()
+        return found is not None
 
     def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
         # `table` is one of two names (its type says which), never input
@@ -296,7 +361,13 @@ class _Queries:
             "SELECT run_id, status, started_at, finished_at, counts FROM runs "
             "WHERE pipeline=? ORDER BY started_at DESC LIMIT ?", (pipeline, limit),
         )
-        return [(*row[:4], json.loads(row[4] or "{}")) for row in rows]
+        return [(*row[:4], self._counts(pipeline, row[0], row[4])) for row in rows]
+
+    def _counts(self, pipeline: str, run_id: str, text: str | None) -> Any:
+        if text is None:
+            return {}
+        what = f"the counts column of run {run_id} in table runs"
+        return read_json(text, self._where, pipeline, what, reset_drops_runs)
 
     def failures(self, pipeline: str, limit: int) -> list[FailureRow]:
         rows: list[FailureRow] = self._db.execute(
@@ -304,6 +375,28 @@ class _Queries:
             "ORDER BY failed_at DESC LIMIT ?", (pipeline, limit),
         ).fetchall()
         return rows
+
+
+# every table that holds rows of a pipeline (`knows`)
+_TABLES = ("pipelines", "runs", "keys", "failed", "locks")
+
+
+def _json_object(text: str | None) -> bool:
+    """Whether a run's counts column can be read (NULL reads as no counts)."""
+    if text is None:
+        return True
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _folder_problem(path: Path, exc: OSError) -> str:
+    """Why the state file's folder cannot be made: a file where a folder should be, or the OS's reason."""
+    for folder in reversed(path.parents):
+        if folder.exists() and not folder.is_dir():
+            return f"{folder} is a file, not a folder; move it aside or give another state path"
+    return f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
 
 
 def _user_version(db: sqlite3.Connection) -> int:
