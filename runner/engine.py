@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import httpx
 
@@ -160,7 +160,8 @@ class _Run:
             self._pump()
         except EtlError as exc:
             error = exc
-        except Exception as exc:  # a bug: one line for the user, the traceback at debug level
+        except Exception as exc:  # noqa: BLE001 - the last resort: a bug still ends the run with a result
+            # one line for the user, the traceback at debug level
             log.event(logger, "run.bug", level=logging.DEBUG, traceback=traceback.format_exc())
             error = EtlError(f"unexpected error: {type(exc).__name__}: {exc} (run with -v for the traceback)")
         finally:
@@ -245,6 +246,7 @@ class _Run:
             setup = Setup(
                 pipeline.name, pipeline.target, pipeline.state, pipeline.mapping.names,  # type: ignore[arg-type]
                 committed, os.getpid(), self.record.run_id, pipeline.secrets, log.settings(),
+                log.credential_params(),
             )
             try:
                 return ProcessApplier(
@@ -340,7 +342,9 @@ class _Run:
         # a limit stop keeps its checkpoint: the next run goes on from it (with order: asc,
         # the watermark moved instead, and the next run starts fresh from it)
         keep_checkpoint = limited and not (self.cursor is not None and self.cursor.ascending)
-        self.store.finish_run(self.pipeline.name, record, watermark=saved, clear_checkpoint=done and not keep_checkpoint)
+        self.store.finish_run(
+            self.pipeline.name, record, watermark=saved, clear_checkpoint=done and not keep_checkpoint
+        )
         fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
         if fields["error"] is None:
             del fields["error"]

@@ -268,7 +268,8 @@ def insert_lock(state: Path, name: str, pid: int) -> None:
 
 
 def test_state_unlock_removes_a_lock_that_blocks_runs(tmp_path: Path, api: DemoApi) -> None:
-    """A lock held by a live process makes `etl run` exit 4; `etl state unlock` removes it and the run goes."""
+    """A lock held by a live process makes `etl run` exit 4; `etl state unlock` refuses while that
+    process lives (exit 4, naming it: reliability D12), `--force` removes it and the run goes."""
     path = pipeline(tmp_path, api.base_url)
     insert_lock(tmp_path / "state.db", "cli-test", os.getpid())
     blocked = etl(tmp_path, "run", str(path))
@@ -277,8 +278,9 @@ def test_state_unlock_removes_a_lock_that_blocks_runs(tmp_path: Path, api: DemoA
     assert f"pid {os.getpid()}" in blocked.stderr and "etl state unlock cli-test" in blocked.stderr
     assert list(api.request_log) == []
     state = str(tmp_path / "state.db")
-    assert invoke("state", "unlock", "cli-test", "--state", state).stdout == "cli-test: lock removed\n"
-    assert invoke("state", "unlock", "cli-test", "--state", state).stdout == "cli-test: no lock held\n"
+    refused = invoke("state", "unlock", "cli-test", "--state", state)
+    assert refused.exit_code == 4 and f"pid {os.getpid()}" in refused.output
+    assert invoke("state", "unlock", "cli-test", "--state", state, "--force").stdout == "cli-test: lock removed\n"
     assert etl(tmp_path, "run", str(path)).returncode == 0
 
 
@@ -315,7 +317,9 @@ def test_the_console_entry_flushes_everything_and_keeps_click_exit_codes(tmp_pat
     """`python -m runner` leaves without interpreter teardown: a long stdout still arrives whole
     through a pipe, a usage error still exits 2 and a failed validate 1."""
     def etl(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "runner", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "runner", *args], capture_output=True, text=True, cwd=tmp_path, timeout=60
+        )
 
     shown = etl("schema")
     assert shown.returncode == 0 and json.loads(shown.stdout)["title"]

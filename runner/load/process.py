@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from runner import log
-from runner.load.apply import PagePlan, PageResult, apply_plans
+from runner.load.apply import PagePlan, apply_plans
 from runner.load.contenthash import RecordHasher
 from runner.errors import EtlError
 from runner.model import PostgresTargetConfig, SqliteTargetConfig, StateConfig
@@ -67,6 +67,8 @@ class Setup:
     run_id: str = ""
     secrets: frozenset[str] = frozenset()  # redacted from anything the writer prints
     log: tuple[str, bool] | None = None  # the engine's log format and verbosity, if etl set them
+    # auth query parameter names: a checkpoint the writer stores drops them (the client adds them back)
+    secret_params: frozenset[str] = frozenset()
 
 
 def main() -> None:
@@ -90,10 +92,8 @@ def _die_with_parent() -> None:
         return
     import ctypes
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # no prctl in this libc: the batch check remains
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # no prctl in this libc: the batch check remains
-        pass
 
 
 _PR_SET_PDEATHSIG = 1
@@ -105,6 +105,7 @@ def serve(plans: Connection, results: Connection) -> None:
     from runner.targets import open_target
 
     log.add_secrets(setup.secrets)
+    log.add_secret_params(setup.secret_params)
     if setup.log is not None and not logging.getLogger("runner").handlers:  # a process of its own
         fmt, verbose = setup.log
         log.configure(fmt="json" if fmt == "json" else "text", verbose=verbose)
