@@ -19,9 +19,10 @@ import difflib
 import functools
 import json
 import re
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Callable
+from typing import Any
 
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
@@ -75,7 +76,7 @@ def _ecma_pattern(
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _ecma_regex(pattern: str) -> re.Pattern[str]:
     """`pattern` with each `$` outside a character class written `\\Z`: the end of the text only."""
     out: list[str] = []
@@ -95,17 +96,36 @@ def _ecma_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out))
 
 
-_EcmaValidator = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+_EcmaValidator: type[Validator] = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
+
+
+@dataclass(frozen=True, slots=True)
+class _Violation:
+    """The parts of a jsonschema error that the messages are made of, under jsonschema's names.
+
+    `iter_errors` sets them all on each error it yields; jsonschema's types allow each
+    to be unset (an error made by hand), so they are taken once here, typed."""
+
+    validator: str  # the keyword broken: "required", "enum", ... ("None" for a `false` schema)
+    validator_value: Any  # that keyword's value in the schema
+    instance: Any  # the value written in the document
+    schema: Mapping[str, Any]  # the schema object holding the keyword (empty for a `false` schema)
+
+    @classmethod
+    def of(cls, error: ValidationError) -> _Violation:
+        schema = error.schema if isinstance(error.schema, Mapping) else {}
+        return cls(str(error.validator), error.validator_value, error.instance, schema)
 
 
 def _translate(error: ValidationError) -> list[Finding]:
     path = tuple(error.absolute_path)
+    violation = _Violation.of(error)
     if "propertyNames" in error.absolute_schema_path:
-        return [((*path, error.instance), _property_name_message(error), True)]
-    return _HANDLERS.get(str(error.validator), _generic)(error, path)
+        return [((*path, violation.instance), _property_name_message(violation), True)]
+    return _HANDLERS.get(violation.validator, _generic)(violation, path)
 
 
-def _unknown_keys(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _unknown_keys(error: _Violation, path: KeyPath) -> list[Finding]:
     allowed = list(error.schema.get("properties", {}))
     extra = [k for k in error.instance if k not in allowed]
     return [
@@ -113,7 +133,7 @@ def _unknown_keys(error: ValidationError, path: KeyPath) -> list[Finding]:
     ]
 
 
-def _missing_keys(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _missing_keys(error: _Violation, path: KeyPath) -> list[Finding]:
     missing = [k for k in error.validator_value if k not in error.instance]
     noun = "keys" if len(missing) > 1 else "key"
     message = f"missing required {noun} {_and(missing)} {_in(path)}{_for_type(error)}"
@@ -125,7 +145,7 @@ def _missing_keys(error: ValidationError, path: KeyPath) -> list[Finding]:
     return [(path, message, True)]
 
 
-def _bad_enum(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _bad_enum(error: _Violation, path: KeyPath) -> list[Finding]:
     allowed = [str(v) for v in error.validator_value]
     if path[-1:] == ("type",) and len(path) > 1:
         text = f"unknown {path[-2]} type {_show(path, error.instance)}; valid types: {', '.join(allowed)}"
@@ -134,26 +154,26 @@ def _bad_enum(error: ValidationError, path: KeyPath) -> list[Finding]:
     return [(path, message, False)]
 
 
-def _bad_type(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _bad_type(error: _Violation, path: KeyPath) -> list[Finding]:
     wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
     names = [_TYPE_NAMES[t] for t in wanted]
     expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
     return [(path, f"expected {expected}, got {_kind(error.instance)}", False)]
 
 
-def _bad_pattern(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _bad_pattern(error: _Violation, path: KeyPath) -> list[Finding]:
     hint = PATTERN_HINTS.get(error.validator_value, f"expected a match of {error.validator_value}")
     return [(path, f"invalid value {_show(path, error.instance)}: {hint}", False)]
 
 
-def _exclusive(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _exclusive(error: _Violation, path: KeyPath) -> list[Finding]:
     """A `not` rule forbids a combination of keys; its description says which, in the user's words."""
     rule = error.validator_value
     message = rule.get("description") if isinstance(rule, dict) else None
     return [(path, str(message or "this combination of keys is not allowed"), True)]
 
 
-def _dependent(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _dependent(error: _Violation, path: KeyPath) -> list[Finding]:
     return [
         (path, f"'{key}' needs '{need}' {_in(path)}", True)
         for key, needs in error.validator_value.items()
@@ -163,18 +183,18 @@ def _dependent(error: ValidationError, path: KeyPath) -> list[Finding]:
     ]
 
 
-def _bound(text: str) -> Callable[[ValidationError, KeyPath], list[Finding]]:
-    def handler(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _bound(text: str) -> Callable[[_Violation, KeyPath], list[Finding]]:
+    def handler(error: _Violation, path: KeyPath) -> list[Finding]:
         return [(path, f"{text.format(error.validator_value)}, got {_show(path, error.instance)}", False)]
 
     return handler
 
 
-def _generic(error: ValidationError, path: KeyPath) -> list[Finding]:
+def _generic(error: _Violation, path: KeyPath) -> list[Finding]:
     return [(path, f"invalid value: the schema rule '{error.validator}' is not met", False)]
 
 
-_HANDLERS: dict[str, Callable[[ValidationError, KeyPath], list[Finding]]] = {
+_HANDLERS: dict[str, Callable[[_Violation, KeyPath], list[Finding]]] = {
     "additionalProperties": _unknown_keys,
     "required": _missing_keys,
     "enum": _bad_enum,
@@ -209,7 +229,7 @@ _TYPE_NAMES = {
 }
 
 
-def _property_name_message(error: ValidationError) -> str:
+def _property_name_message(error: _Violation) -> str:
     if error.validator == "not":  # a reserved name: the rule's description says why
         hint = str(error.validator_value.get("description", "this name is reserved"))
     else:
@@ -217,7 +237,7 @@ def _property_name_message(error: ValidationError) -> str:
     return f"invalid name {error.instance!r}: {hint}"
 
 
-def _for_type(error: ValidationError) -> str:
+def _for_type(error: _Violation) -> str:
     """' for type 'cursor'' when the rule belongs to one type of a typed block."""
     const = error.schema.get("properties", {}).get("type", {}).get("const")
     return f" for type '{const}'" if const else ""

@@ -14,8 +14,9 @@ the place it goes wrong, found before more than the limit is built.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 import yaml
 from yaml.events import AliasEvent, ScalarEvent
@@ -23,7 +24,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.errors import Problem
 
-Key = Union[str, int]
+Key = str | int
 KeyPath = tuple[Key, ...]
 Position = tuple[int, int]
 
@@ -146,7 +147,7 @@ def resolve_plain(text: str) -> Any:
     """Read `text` as YAML reads an unquoted scalar: `100` is 100, `true` is True."""
     loader = _Loader("")
     try:
-        tag = loader.resolve(ScalarNode, text, (True, False))
+        tag: str = loader.resolve(ScalarNode, text, (True, False))
         if tag not in _PLAIN_TAGS or _too_long(tag, text):
             return text
         value = loader.construct_object(ScalarNode(tag, text))
@@ -293,8 +294,9 @@ class _Builder:
         for key_node, value_node in node.value:
             key = None if key_node.tag == _MERGE_TAG else self._key(key_node, path)
             if key is not None:
-                self.doc.keys[(*path, key)] = _pos(key_node)
-                result[key] = self.build(value_node, (*path, key), _slot(node, key_node))
+                key_path = (*path, key)
+                self.doc.keys[key_path] = _pos(key_node)
+                result[key] = self.build(value_node, key_path, _slot(node, key_node))
         return result
 
     def _merged(self, node: Node, path: KeyPath, slot: tuple[int, Any]) -> dict[str, Any]:

@@ -40,9 +40,10 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from runner.dev.demo_data import Store, View, encode
@@ -108,7 +109,7 @@ class _Query:
         if text in (None, ""):
             return default
         try:
-            value = int(text)  # type: ignore[arg-type]
+            value = int(text)
         except ValueError:
             raise _BadRequest(f"{name} must be an integer") from None
         if value < minimum:

@@ -15,9 +15,10 @@ several at once.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any, ClassVar, Mapping, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode
 
 import httpx
@@ -351,6 +352,8 @@ def parse_link_header(value: str) -> dict[str, str]:
 
 
 def _relations(params: str) -> list[str]:
+    name: str
+    raw: str  # "" when the parameter has no value: findall gives a tuple of the two groups
     for name, raw in _PARAM.findall(params):
         if name.lower() == "rel":
             text = raw[1:-1].replace('\\"', '"') if raw.startswith('"') else raw

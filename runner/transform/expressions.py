@@ -12,18 +12,22 @@ paths against `jmespath.search` on the same data.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from jmespath.visitor import TreeInterpreter
 
 from runner.transform import functions
+
+if TYPE_CHECKING:  # the AST node's type: a TypedDict that exists only in types-jmespath
+    from jmespath.visitor import _TreeNode as Node
 
 Evaluate = Callable[[Any], Any]
 
 _INTERPRETER = TreeInterpreter(functions.OPTIONS)
 
 
-def evaluator(ast: dict[str, Any]) -> Evaluate:
+def evaluator(ast: Node) -> Evaluate:
     """A function of the data that returns what the expression with this AST returns."""
     fast = _compile(ast)
     if fast is not None:
@@ -31,17 +35,17 @@ def evaluator(ast: dict[str, Any]) -> Evaluate:
     return lambda data: _INTERPRETER.visit(ast, data)
 
 
-def _compile(node: dict[str, Any]) -> Evaluate | None:
+def _compile(node: Node) -> Evaluate | None:
     compiler = _COMPILERS.get(node["type"])
     return None if compiler is None else compiler(node)
 
 
-def _children(node: dict[str, Any]) -> list[Evaluate] | None:
+def _children(node: Node) -> list[Evaluate] | None:
     compiled = [_compile(child) for child in node["children"]]
     return None if any(c is None for c in compiled) else compiled  # type: ignore[return-value]
 
 
-def _field(node: dict[str, Any]) -> Evaluate:
+def _field(node: Node) -> Evaluate:
     name = node["value"]
 
     def field(data: Any) -> Any:
@@ -53,7 +57,7 @@ def _field(node: dict[str, Any]) -> Evaluate:
     return field
 
 
-def _subexpression(node: dict[str, Any]) -> Evaluate | None:
+def _subexpression(node: Node) -> Evaluate | None:
     steps = _children(node)
     if steps is None:
         return None
@@ -66,7 +70,7 @@ def _subexpression(node: dict[str, Any]) -> Evaluate | None:
     return subexpression
 
 
-def _index_expression(node: dict[str, Any]) -> Evaluate | None:
+def _index_expression(node: Node) -> Evaluate | None:
     left, index = node["children"]
     base = _compile(left)
     if base is None or index["type"] != "index":
@@ -85,7 +89,7 @@ def _index_expression(node: dict[str, Any]) -> Evaluate | None:
     return index_expression
 
 
-def _not_expression(node: dict[str, Any]) -> Evaluate | None:
+def _not_expression(node: Node) -> Evaluate | None:
     inner = _children(node)
     if inner is None:
         return None
@@ -119,7 +123,7 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _function(node: dict[str, Any]) -> Evaluate | None:
+def _function(node: Node) -> Evaluate | None:
     args = _children(node)
     if node["value"] != "to_string" or args is None or len(args) != 1:
         return None
@@ -141,7 +145,7 @@ def to_string(value: Any) -> str:
 MAX_INLINE_STEPS = 32
 
 
-def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> str | None:
+def inline_source(node: Node, var: str, temps: Callable[[], str]) -> str | None:
     """Python source of a plain path (`a.b.c`, `to_string(a.b)`) over the object `var`.
 
     None when the expression is anything else. `var` must hold a dict (the caller
@@ -168,7 +172,7 @@ def inline_source(node: dict[str, Any], var: str, temps: Callable[[], str]) -> s
     return None
 
 
-def _projection(node: dict[str, Any]) -> Evaluate | None:
+def _projection(node: Node) -> Evaluate | None:
     parts = _children(node)
     if parts is None:
         return None
@@ -183,7 +187,7 @@ def _projection(node: dict[str, Any]) -> Evaluate | None:
     return projection
 
 
-def _flatten(node: dict[str, Any]) -> Evaluate | None:
+def _flatten(node: Node) -> Evaluate | None:
     inner = _children(node)
     if inner is None:
         return None
@@ -204,16 +208,16 @@ def _flatten(node: dict[str, Any]) -> Evaluate | None:
     return flatten
 
 
-def _literal(node: dict[str, Any]) -> Evaluate:
+def _literal(node: Node) -> Evaluate:
     value = node["value"]
     return lambda data: value
 
 
-def _current(node: dict[str, Any]) -> Evaluate:
+def _current(node: Node) -> Evaluate:
     return lambda data: data
 
 
-_COMPILERS: dict[str, Callable[[dict[str, Any]], Evaluate | None]] = {
+_COMPILERS: dict[str, Callable[[Node], Evaluate | None]] = {
     "field": _field,
     "subexpression": _subexpression,
     "index_expression": _index_expression,

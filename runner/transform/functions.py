@@ -15,15 +15,18 @@ instead of failing the record. Dates are ISO-8601 strings or epoch seconds.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jmespath
 from jmespath import functions as jp
 
 from runner.timestamps import parse_timestamp
 
-_STR = {"types": ["string", "null"]}
-_DATE = {"types": ["string", "number", "null"]}
+if TYPE_CHECKING:  # an argument's accepted types: a TypedDict that exists only in types-jmespath
+    from jmespath.functions import _Signature
+
+_STR: _Signature = {"types": ["string", "null"]}
+_DATE: _Signature = {"types": ["string", "number", "null"]}
 
 
 def _instant(value: Any) -> datetime:
