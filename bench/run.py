@@ -369,7 +369,11 @@ def table(outcomes: list[Outcome]) -> str:
             figure_text, s.target_text, result,
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    # every row has one cell per HEADER column: a row of another length is a bug in the code above
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -398,7 +402,10 @@ def details(o: Outcome) -> str:
             f"(largest {o.etl.get('largest_rss_mb', o.etl['peak_rss_mb']):.1f} MB)"
         )
         if s.floor_s:
-            line += f"; floor {s.floor_s:.2f} s: wall/floor {o.etl['wall_s'] / s.floor_s:.2f}x, engine/floor {elapsed / s.floor_s:.2f}x"
+            line += (
+                f"; floor {s.floor_s:.2f} s: wall/floor {o.etl['wall_s'] / s.floor_s:.2f}x, "
+                f"engine/floor {elapsed / s.floor_s:.2f}x"
+            )
         lines.append(line + _spread(o.etl))
     if o.base and "seconds" in o.base:
         line = (
@@ -410,7 +417,9 @@ def details(o: Outcome) -> str:
         lines.append(line + _spread(o.base))
     lines.extend(f"  BROKEN: {why}" for why in o.broken)
     if not o.broken:
-        lines.append(f"  rows: every etl and baseline run landed {s.records:,} rows, {s.records:,} distinct external_id")
+        lines.append(
+            f"  rows: every etl and baseline run landed {s.records:,} rows, {s.records:,} distinct external_id"
+        )
     return "\n".join(lines)
 
 
@@ -442,13 +451,18 @@ def _compile_bytecode() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default: all")
-    parser.add_argument("--quick", action="store_true", help="record counts / 10: a check that all runs, not the figures (start-up dominates)")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="record counts / 10: a check that all runs, not the figures (start-up dominates)",
+    )
     parser.add_argument("--records", type=_positive, help="override every chosen scenario's record count")
     parser.add_argument("--per-page", type=_positive, help="override the page size (per_page / limit); default 100")
     parser.add_argument("--latency-ms", type=float, help="override the API's per-request latency")
     parser.add_argument("--style", choices=("page", "offset", "cursor"), help="override the pagination style")
     parser.add_argument("--concurrency", type=_positive, help="override etl's source.concurrency; default 4")
-    parser.add_argument("--repeat", type=_positive, default=1, help="etl and baseline runs per scenario; the median counts")
+    parser.add_argument(
+        "--repeat", type=_positive, default=1, help="etl and baseline runs per scenario; the median counts"
+    )
     parser.add_argument("--profile", metavar="DIR", help="also run etl once under cProfile; .prof files here")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")

@@ -7,10 +7,11 @@ once at load). Defaults here are the documented defaults of the language.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Literal
 
 from jmespath.parser import ParsedResult
 
@@ -121,7 +122,7 @@ class OAuth2ClientCredentials:
     type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
 
 
-Auth = Union[BearerAuth, BasicAuth, ApiKeyAuth, OAuth2ClientCredentials]
+Auth = BearerAuth | BasicAuth | ApiKeyAuth | OAuth2ClientCredentials
 
 
 # --- source --------------------------------------------------------------------
@@ -170,14 +171,14 @@ class OffsetPagination:
     type: Literal["offset"] = "offset"
 
 
-Pagination = Union[
-    NoPagination,
-    NextUrlPagination,
-    LinkHeaderPagination,
-    CursorPagination,
-    PagePagination,
-    OffsetPagination,
-]
+Pagination = (
+    NoPagination
+    | NextUrlPagination
+    | LinkHeaderPagination
+    | CursorPagination
+    | PagePagination
+    | OffsetPagination
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +279,7 @@ class HttpTargetConfig:
     type: Literal["http"] = "http"
 
 
-TargetConfig = Union[SqliteTargetConfig, PostgresTargetConfig, JsonlTargetConfig, HttpTargetConfig]
+TargetConfig = SqliteTargetConfig | PostgresTargetConfig | JsonlTargetConfig | HttpTargetConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,7 @@ def _timestamp_back(text: str, amount: float | None) -> str:
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
-    _, _, _, hour, minute, second, fraction, offset = match.groups()
+    _, _, _, hour, _minute, second, fraction, offset = match.groups()
     digits = min(len(fraction or ""), 6)
     if hour is None:
         unit = timedelta(days=1)

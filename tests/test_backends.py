@@ -19,10 +19,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -35,7 +36,7 @@ from runner.errors import Interrupted
 from runner.model import Secret, StateConfig
 from runner.state import open_store
 
-import pgserver  # noqa: E402  (tests/ is on sys.path, pytest's rootdir-less import mode)
+import pgserver
 
 NAME = "backends"
 NO_WAIT = {"sleep": lambda seconds: None}
@@ -158,7 +159,8 @@ def counts(result: RunResult) -> tuple[int, int, int, int, int]:
 
 
 def test_rerun_writes_nothing_and_three_changes_are_three_updates(backend: Backend, demo_api: Any) -> None:
-    """The first run creates every record, a rerun writes nothing and leaves the rows, 3 upstream changes are 3 updates."""
+    """The first run creates every record, a rerun writes nothing and leaves the rows,
+    3 upstream changes are 3 updates."""
     api = demo_api(1000)
     path = backend.pipeline(api)
     first = run(path, **NO_WAIT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import io
+import itertools
 import json
 import logging
 import random
@@ -353,7 +354,7 @@ def test_rate_limit_spaces_requests(api: respx.MockRouter, fake: FakeTime) -> No
     with make_client(fake, rate_limit=RateLimit(requests_per_second=5)) as client:
         for _ in range(10):
             client.send("GET", URL)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert arrivals[-1] - arrivals[0] >= 1.8 - 1e-9
     assert min(gaps) >= 0.2 - 1e-9
 
@@ -377,9 +378,11 @@ def test_rate_limit_is_shared_by_threads(api: respx.MockRouter) -> None:
     """Requests from several threads get distinct slots of one limiter (fake time frozen)."""
     fake = FakeTime(frozen=True)  # each wait then equals the slot it booked
     api.get("/v1/items").mock(return_value=httpx.Response(200))
-    with make_client(fake, rate_limit=RateLimit(requests_per_second=5)) as client:
-        with ThreadPoolExecutor(max_workers=5) as pool:
-            list(pool.map(lambda _: client.send("GET", URL), range(10)))
+    with (
+        make_client(fake, rate_limit=RateLimit(requests_per_second=5)) as client,
+        ThreadPoolExecutor(max_workers=5) as pool,
+    ):
+        list(pool.map(lambda _: client.send("GET", URL), range(10)))
     assert sorted(fake.sleeps) == pytest.approx([0.2 * i for i in range(1, 10)])
     assert client.requests == 10
 

@@ -437,7 +437,8 @@ def test_problems_stay_one_line_whatever_the_key(tmp_path: Path) -> None:
 
 
 def test_an_interpolated_number_too_long_to_read_stays_text(tmp_path: Path) -> None:
-    """`concurrency: ${N}` with N of 5,000 digits stays text (Python reads no such int): the schema says what is wrong."""
+    """`concurrency: ${N}` with N of 5,000 digits stays text (Python reads no such int):
+    the schema says what is wrong."""
     text = BASE.replace("  records: data", "  records: data\n  concurrency: ${N}")
     found = config.check_file(write(tmp_path, text), env={"N": "9" * 5000})
     assert [(p.path, p.message) for p in found] == [("source.concurrency", "expected an integer, got a string")]

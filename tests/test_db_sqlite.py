@@ -76,10 +76,9 @@ def test_transaction_commits_or_rolls_back(tmp_path: Path) -> None:
     db.execute("CREATE TABLE t (x)")
     with transaction(db) as tx:
         tx.execute("INSERT INTO t VALUES (1)")
-    with pytest.raises(ValueError, match="stop"):
-        with transaction(db):
-            db.execute("INSERT INTO t VALUES (2)")
-            raise ValueError("stop")
+    with pytest.raises(ValueError, match="stop"), transaction(db):
+        db.execute("INSERT INTO t VALUES (2)")
+        raise ValueError("stop")
     assert not db.in_transaction
     assert db.execute("SELECT x FROM t").fetchall() == [(1,)]
     db.close()
@@ -89,17 +88,15 @@ def test_transaction_takes_the_write_lock_at_begin(tmp_path: Path) -> None:
     """Inside the block another connection cannot start writing (BEGIN IMMEDIATE)."""
     db = connect(tmp_path / "x.db", timeout=1)
     other = connect(tmp_path / "x.db", timeout=0.05)
-    with transaction(db):
-        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-            other.execute("BEGIN IMMEDIATE")
+    with transaction(db), pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        other.execute("BEGIN IMMEDIATE")
     db.close(), other.close()
 
 
 def test_an_error_after_sqlite_rolled_back_itself_is_not_hidden(tmp_path: Path) -> None:
     """When the transaction has already ended, the block's own error comes out, not a failed ROLLBACK."""
     db = connect(tmp_path / "x.db", timeout=1)
-    with pytest.raises(ValueError, match="the real error"):
-        with transaction(db):
-            db.execute("ROLLBACK")  # as SQLite does by itself on SQLITE_FULL or SQLITE_IOERR
-            raise ValueError("the real error")
+    with pytest.raises(ValueError, match="the real error"), transaction(db):
+        db.execute("ROLLBACK")  # as SQLite does by itself on SQLITE_FULL or SQLITE_IOERR
+        raise ValueError("the real error")
     db.close()

@@ -80,7 +80,8 @@ def test_a_jsonl_target_on_a_full_disk_fails_the_run_in_one_error_and_records_it
     """Review 5.2: /dev/full takes the write into its buffer, then fails the flush: one
     TargetError (no raw OSError from close), and the run row says failed, not running."""
     api = demo_api(3)
-    path = write_pipeline_file(tmp_path, api.base_url, target={"__replace__": True, "type": "jsonl", "path": "/dev/full"})
+    target = {"__replace__": True, "type": "jsonl", "path": "/dev/full"}
+    path = write_pipeline_file(tmp_path, api.base_url, target=target)
     with pytest.raises(TargetError) as caught:
         run(path, **NO_WAIT)
     assert "jsonl target" in str(caught.value) and caught.value.result is not None
@@ -116,7 +117,8 @@ def test_a_target_opened_before_the_page_loop_is_closed_when_the_run_fails_befor
     """Review 5.3: start_run raising StateError after the target was opened: it is closed."""
     api = demo_api(10)
     counting = CountingTargets(monkeypatch)
-    path = write_pipeline_file(tmp_path, api.base_url, target={"__replace__": True, "type": "jsonl", "path": "{tmp}/out.jsonl"})
+    target = {"__replace__": True, "type": "jsonl", "path": "{tmp}/out.jsonl"}
+    path = write_pipeline_file(tmp_path, api.base_url, target=target)
 
     def refuse(self: Any, *args: Any) -> None:
         raise StateError("state store: disk I/O error")

@@ -24,7 +24,8 @@ DATA: list[Any] = [
     None, 0, 1.5, "text", True, False, [], {}, [1, 2, 3], [[1], [2, [3]]],
     {"a": None}, {"a": 0}, {"a": ""}, {"a": []}, {"a": {}}, {"a": False}, {"a": 1},
     {"a": {"b": {"c": "deep"}}}, {"a": {"b": [1, 2]}}, {"a": [{"b": 1}, {"b": None}, {"c": 2}, 3, {"b": [4, 5]}]},
-    {"a": [[{"b": 1}], {"b": 2}]}, {"a": "07919", "b": 7919}, {"data": [{"id": "cus_1"}, {"id": "cus_2"}], "has_more": True},
+    {"a": [[{"b": 1}], {"b": 2}]}, {"a": "07919", "b": 7919},
+    {"data": [{"id": "cus_1"}, {"id": "cus_2"}], "has_more": True},
     {"data": [], "has_more": False}, {"a": 2.0, "b": 2}, {"s": "MiXeD"}, {"a": {"b": "x"}, "b": {"c": 1}},
 ]
 
@@ -35,8 +36,8 @@ def test_fast_and_interpreted_results_agree(expression: str) -> None:
     parsed = jmespath.compile(expression)
     evaluate = expressions.evaluator(parsed.parsed)
     for data in DATA:
-        expected = outcome(lambda: jmespath.search(expression, data, options=functions.OPTIONS))
-        actual = outcome(lambda: evaluate(data))
+        expected = outcome(lambda data=data: jmespath.search(expression, data, options=functions.OPTIONS))
+        actual = outcome(lambda data=data: evaluate(data))
         assert actual == expected and type(actual[1]) is type(expected[1]), (expression, data)
 
 

@@ -66,7 +66,9 @@ INVALID = [
 
 @pytest.mark.parametrize(("old", "new", "message", "line", "column"), [c[1:] for c in INVALID],
                          ids=[c[0] for c in INVALID])
-def test_invalid_http_numbers_and_hosts(tmp_path: Path, old: str, new: str, message: str, line: int, column: int) -> None:
+def test_invalid_http_numbers_and_hosts(
+    tmp_path: Path, old: str, new: str, message: str, line: int, column: int
+) -> None:
     """Each case is exactly one error, at the value, with a readable message."""
     found = problems(tmp_path, old, new)
     assert len(found) == 1, [str(p) for p in found]
@@ -76,7 +78,8 @@ def test_invalid_http_numbers_and_hosts(tmp_path: Path, old: str, new: str, mess
 
 def test_an_infinite_number_from_the_environment_is_refused(tmp_path: Path) -> None:
     """An unquoted `${VAR}` read as `.inf` is as wrong as one written in the file."""
-    found = problems(tmp_path, "  records: data", "  records: data\n  timeout:\n    read: ${READ}", env={"READ": ".inf"})
+    text = "  records: data\n  timeout:\n    read: ${READ}"
+    found = problems(tmp_path, "  records: data", text, env={"READ": ".inf"})
     assert [p.message for p in found] == ["numbers must be finite, got .inf"]
 
 

@@ -35,7 +35,9 @@ def test_parse_timestamp_accepts_iso_8601_forms(text: str, expected: datetime) -
     assert parse_timestamp(text) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2024-13-01", "2024-05-01T25:00:00Z", "20240501", "2024-05-01T12:00:00+25:00", ""])
+@pytest.mark.parametrize(
+    "text", ["yesterday", "2024-13-01", "2024-05-01T25:00:00Z", "20240501", "2024-05-01T12:00:00+25:00", ""]
+)
 def test_parse_timestamp_rejects_what_is_not_a_timestamp(text: str) -> None:
     """Text, impossible dates and the basic (no dashes) format are not timestamps."""
     with pytest.raises(ValueError):

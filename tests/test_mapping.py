@@ -9,14 +9,14 @@ from typing import Any
 import jmespath
 import pytest
 
+from runner.model import Expr, MappingSpec
+from runner.transform import functions
 from runner.transform.mapping import Failed, Mapped, Mapper, key_string
 
 
 def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
     """Map one record with a Mapper built for `spec`."""
     return Mapper(spec).map(raw)
-from runner.transform import functions
-from runner.model import Expr, MappingSpec
 
 
 def expr(text: str) -> Expr:
@@ -68,7 +68,10 @@ def test_runtime_expression_error_fails_the_record_only() -> None:
 
 @pytest.mark.parametrize(
     "value,expected",
-    [("abc", "abc"), (12, "12"), (12.0, "12"), (1.5, "1.5"), (True, "true"), ([1, 2], "[1,2]"), (None, None), ("", None)],
+    [
+        ("abc", "abc"), (12, "12"), (12.0, "12"), (1.5, "1.5"), (True, "true"), ([1, 2], "[1,2]"),
+        (None, None), ("", None),
+    ],
 )
 def test_key_string(value: Any, expected: str | None) -> None:
     """The external_id is made a string: strings kept, others as compact JSON."""
@@ -147,7 +150,8 @@ def test_a_record_that_is_not_an_object_maps_through_the_evaluators() -> None:
     for raw in ("abc", 12, [1, 2], ["x"]):
         out = map_record(mapping, raw)
         assert isinstance(out, Mapped)
-        expected = {name: jmespath.search(text, raw) for name, text in (("whole", "@"), ("name", "name"), ("first", "[0]"))}
+        fields = (("whole", "@"), ("name", "name"), ("first", "[0]"))
+        expected = {name: jmespath.search(text, raw) for name, text in fields}
         assert out.record == expected
 
 
@@ -160,7 +164,10 @@ def test_field_names_that_are_not_identifiers_are_kept_as_written() -> None:
     assert out.record == {"with space": 1, "quote'd\"": 1, "class": 1, "_f0": "ada"}
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.joinpath("pipelines").glob("*.yaml")), ids=lambda p: p.name)
+EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_pipeline_mapping_compiles_and_maps(path: Path) -> None:
     """Each shipped pipeline's mapping becomes a generated function that maps a sparse record."""
     from runner.config import load_pipeline

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,8 +53,7 @@ def test_closing_the_consumer_stops_and_closes_the_source() -> None:
 
     def source() -> Iterator[int]:
         try:
-            for i in range(10_000):
-                yield i
+            yield from range(10_000)
         finally:
             closed.set()
 

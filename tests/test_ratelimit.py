@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,7 +27,7 @@ def test_calls_are_spaced_by_the_interval() -> None:
     for _ in range(10):
         limiter.acquire()
         times.append(fake.now)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(gap == pytest.approx(0.2) for gap in gaps)
     assert times[-1] - times[0] == pytest.approx(1.8)
 

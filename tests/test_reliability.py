@@ -17,9 +17,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -279,7 +280,7 @@ def test_sigkilled_runs_into_the_http_target_leave_one_object_per_key(
         assert etl(path).returncode == 0
         for record_id in range(1, 401, 4):
             api.update_record(record_id, name=f"renamed {record_id}")
-        more_codes, more_logs = kill_at_seeded_points(spawn, path, seed=9, delays=(0.1, 0.3), kills=2)
+        _, more_logs = kill_at_seeded_points(spawn, path, seed=9, delays=(0.1, 0.3), kills=2)
         final = etl(path)
         assert final.returncode == 0, final.stderr
         assert "event=run.resumed" in "".join(logs + more_logs) + final.stderr

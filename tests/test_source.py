@@ -6,7 +6,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import jmespath
@@ -154,7 +155,8 @@ def test_github_style_link_headers_across_five_pages(client: httpx.Client) -> No
 @respx.mock
 @pytest.mark.parametrize("with_total", [True, False])
 def test_offset_with_and_without_total(client: httpx.Client, with_total: bool) -> None:
-    """Offset paging reads 7 records in pages of 3: it stops on `total` (no request past it), or else on the short page."""
+    """Offset paging reads 7 records in pages of 3: it stops on `total` (no request past it),
+    or else on the short page."""
     def answer(request: httpx.Request) -> httpx.Response:
         offset = int(request.url.params["offset"])
         return httpx.Response(200, json={"data": items(offset + 1, max(0, min(3, 7 - offset))), "total": 7})
@@ -301,7 +303,7 @@ def test_a_checkpoint_resumes_where_the_run_stopped(client: httpx.Client) -> Non
     """A reader started from page 2's `next` (through JSON) reads pages 3 and 4 only."""
     data = {None: ([1], "a"), "a": ([2], "b"), "b": ([3], "c"), "c": ([4], None)}
     respx.get(URL).mock(side_effect=lambda r: httpx.Response(
-        200, json=dict(zip(("data", "next"), data[r.url.params.get("cursor")]))))
+        200, json=dict(zip(("data", "next"), data[r.url.params.get("cursor")], strict=True))))
     source = Source(url=URL, records=expr("data"), params={"limit": 1},
                     pagination=CursorPagination(path=expr("next"), param="cursor"))
     first_run = read(client, source).pages()

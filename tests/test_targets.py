@@ -28,7 +28,9 @@ def test_sqlite_values_keep_their_json_types(tmp_path: Path) -> None:
     target.write([Write("create", "1", {"zip": "07919", "n": 7919, "x": 1.5, "ok": True, "tags": ["a"], "none": None})])
     target.close()
     db = sqlite3.connect(tmp_path / "t.db")
-    types = db.execute("SELECT typeof(zip), typeof(n), typeof(x), typeof(ok), typeof(tags), typeof(none) FROM t").fetchone()
+    types = db.execute(
+        "SELECT typeof(zip), typeof(n), typeof(x), typeof(ok), typeof(tags), typeof(none) FROM t"
+    ).fetchone()
     db.close()
     assert types == ("text", "integer", "real", "integer", "text", "null")
     assert rows(tmp_path / "t.db") == [("1", "07919", 7919, 1.5, 1, '["a"]', None)]
@@ -107,17 +109,17 @@ def test_two_writers_opening_one_new_table_at_once_both_succeed(tmp_path: Path) 
     from runner.targets.sqlite import SqliteTarget
 
     fields = [f"f{i}" for i in range(300)]
+
+    def open_it(config: SqliteTargetConfig, errors: list[BaseException]) -> None:
+        try:
+            SqliteTarget(config, fields=fields).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
     for attempt in range(5):
         config = SqliteTargetConfig(tmp_path / f"race-{attempt}.db", "items")
         errors: list[BaseException] = []
-
-        def open_it() -> None:
-            try:
-                SqliteTarget(config, fields=fields).close()
-            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        threads = [threading.Thread(target=open_it, args=(config, errors)) for _ in range(2)]
         for thread in threads:
             thread.start()
         for thread in threads:

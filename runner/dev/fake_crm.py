@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from runner.dev.localserver import Handler, LocalServer
 
 # a predicate on the request body returns None (accept) or (status, error text)
-FaultRule = Callable[[dict[str, Any]], Union[tuple[int, str], None]]
+FaultRule = Callable[[dict[str, Any]], tuple[int, str] | None]
 # or a table: field -> {value: status}, e.g. {"email": {"bad@example.com": 422}}
 FaultTable = Mapping[str, Mapping[Any, int]]
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     crm = FakeCrm(args.port, token=args.token)
     base_url = crm.start()
-    print(base_url, flush=True)  # noqa: T201 - a dev server's one line of output
+    print(base_url, flush=True)  # a dev server's one line of output
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

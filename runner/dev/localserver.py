@@ -13,6 +13,7 @@ the HTTP methods it answers to `Handler.dispatch`) and implements `handle`.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterable
@@ -68,7 +69,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+    def log_message(self, format: str, *args: Any) -> None:  # `format`: the stdlib's parameter name
         pass  # quiet: the servers keep their own request logs
 
 
@@ -117,10 +118,8 @@ class LocalServer:
         if server is not None:
             server.shutdown()
             for conn in list(server.connections):  # idle keep-alive connections end now
-                try:
+                with contextlib.suppress(OSError):  # the client may have closed it first
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)

@@ -18,6 +18,7 @@ pickled is an error of the run before anything is counted in flight.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -184,10 +185,8 @@ class ProcessApplier:
     def _stop_writer(self) -> int:
         """Tell the writer there is no more; wait for it to close the target and the store."""
         if not self._plans.closed:
-            try:
+            with contextlib.suppress(OSError):  # the writer is gone already: its exit code tells why
                 self._plans.send(None)
-            except OSError:
-                pass
             self._plans.close()
         if not self._results.closed:
             self._results.close()
@@ -214,10 +213,8 @@ def _start(setup: Setup) -> tuple[subprocess.Popen[bytes], Connection, Connectio
     os.close(plans_r)
     os.close(results_w)
     plans = Connection(plans_w, readable=False)
-    try:
+    with contextlib.suppress(OSError):  # it is gone already: its end is read when the first answer is
         plans.send(setup)
-    except OSError:  # it is gone already: its end is read when the first answer is
-        pass
     return process, plans, Connection(results_r, writable=False)
 
 

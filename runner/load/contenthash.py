@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import marshal
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # the hash's version: a change here makes every stored hash differ, so one run updates all
 _VERSION = b"etl-content-hash-2\0"

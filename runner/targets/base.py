@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import json.encoder
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)

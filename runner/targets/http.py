@@ -40,7 +40,8 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any, Callable, Literal, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx

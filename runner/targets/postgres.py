@@ -82,22 +82,23 @@ class PostgresTarget:
         """Create what is missing (schema, table, columns); one process at a time."""
         db = self._db
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key(f"target {self.schema}.{self.config.table}"),))
+            lock_key = advisory_key(f"target {self.schema}.{self.config.table}")
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key,))
             if db.execute("SELECT 1 FROM pg_namespace WHERE nspname=%s", (self.schema,)).fetchone() is None:
                 db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
             have = self._columns()
             if have is None:
                 columns: list[sql.Composable] = [sql.SQL("external_id text PRIMARY KEY")]
                 columns += [sql.SQL("{} jsonb").format(sql.Identifier(f)) for f in self.fields]
-                db.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(self._table, sql.SQL(", ").join(columns)))
+                create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
+                db.execute(create.format(self._table, sql.SQL(", ").join(columns)))
                 return
             if "external_id" not in have:
                 raise TargetError(f"{self.where}: the table exists but has no external_id column to upsert on")
             for name in self.fields:
                 if name not in have:
-                    db.execute(
-                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} jsonb").format(self._table, sql.Identifier(name))
-                    )
+                    add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} jsonb")
+                    db.execute(add.format(self._table, sql.Identifier(name)))
 
     def _columns(self) -> set[str] | None:
         """The table's column names, or None when there is no such table."""
