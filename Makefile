@@ -20,9 +20,12 @@ install-test: $(BIN)/python
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" sh scripts/demo.sh
 
-# Installs the package with its test extras, validates the examples, runs the whole suite
-# (pytest's console script does not put the source tree on sys.path: the installed package is tested).
+# Installs the package with its test extras, runs the gates (ruff, mypy --strict as pyproject.toml
+# configures them), validates the examples, runs the whole suite (pytest's console script does not put
+# the source tree on sys.path: the installed package is tested). Any failure stops with a non-zero exit.
 test: install-test
+	$(BIN)/ruff check runner tests bench
+	$(BIN)/mypy
 	$(BIN)/etl validate pipelines/
 	$(BIN)/pytest -q
 
