@@ -13,8 +13,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -219,7 +220,9 @@ def state() -> None:
 
 _STATE_OPTIONS = [
     click.argument("name"),
-    click.option("--state", "state_path", type=click.Path(dir_okay=False), help="SQLite state file (default .etl/state.db)."),
+    click.option(
+        "--state", "state_path", type=click.Path(dir_okay=False), help="SQLite state file (default .etl/state.db)."
+    ),
     click.option("--dsn", envvar="ETL_STATE_DSN", help="PostgreSQL state store DSN (or $ETL_STATE_DSN)."),
     click.option("--env-file", type=click.Path(exists=True, dir_okay=False), help="Read this instead of ./.env."),
 ]

@@ -156,7 +156,7 @@ def redact_url(url: object) -> str:
 
 
 def _mask_param(pair: str) -> str:
-    name, sep, _ = pair.partition("=")
+    name, _, _ = pair.partition("=")
     if is_secret_param(unquote_plus(name)):
         return f"{name}={MASK}"
     return pair

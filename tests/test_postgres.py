@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -85,7 +86,9 @@ def test_newer_schema_is_refused(store: PostgresStateStore, dsn: str) -> None:
         PostgresStateStore(dsn)
 
 
-@pytest.mark.parametrize("value", ["2024-01-01T00:00:00Z", "07919", 1700000000, 1.5, True, [1, "a"], {"after": "x", "n": 2}])
+@pytest.mark.parametrize(
+    "value", ["2024-01-01T00:00:00Z", "07919", 1700000000, 1.5, True, [1, "a"], {"after": "x", "n": 2}]
+)
 def test_watermark_keeps_its_json_type(store: PostgresStateStore, value: Any) -> None:
     """The watermark round-trips as the JSON value written, type included."""
     store.finish_run("p", RunRecord("r"), watermark=value, clear_checkpoint=False)
@@ -123,7 +126,7 @@ def test_target_id_is_kept_when_a_later_write_has_none(store: PostgresStateStore
 def test_commit_page_is_all_or_nothing(store: PostgresStateStore) -> None:
     """A page whose last statement fails leaves no trace: no hashes, no failures, no checkpoint."""
     commit(store, hashes=[("old", "h", None)], checkpoint='"before"')
-    with pytest.raises(StateError, match="state store .*/etl_t_"):
+    with pytest.raises(StateError, match=r"state store .*/etl_t_"):
         commit(store, hashes=[("a", "h", None), ("old", "new", None)],
                failed=[FailedRecord("bad\x00key", {}, "e")], checkpoint='"after"')
     assert store.key_states("p", ["a", "old"]) == {"old": store.key_states("p", ["old"])["old"]}
@@ -239,12 +242,13 @@ def test_second_store_on_a_held_pipeline_gets_lock_error(dsn: str) -> None:
     """While one store holds a pipeline's lock, another gets LockError naming the holder; other pipelines are free."""
     a, b = PostgresStateStore(dsn), PostgresStateStore(dsn)
     with a.lock("p", "run-a"):
-        with pytest.raises(LockError, match=r"'p' is already running \(run run-a, pid \d+ on .*etl state unlock p"):
-            with b.lock("p", "run-b"):
-                pass
-        with pytest.raises(LockError):
-            with a.lock("p", "run-a2"):
-                pass
+        with (
+            pytest.raises(LockError, match=r"'p' is already running \(run run-a, pid \d+ on .*etl state unlock p"),
+            b.lock("p", "run-b"),
+        ):
+            pass
+        with pytest.raises(LockError), a.lock("p", "run-a2"):
+            pass
         assert b.show("p")["lock"]["run_id"] == "run-a"
         with b.lock("other", "run-c"):
             pass
@@ -296,9 +300,8 @@ def test_unlock_ends_the_session_that_holds_the_lock(dsn: str) -> None:
     hung, admin = PostgresStateStore(dsn), PostgresStateStore(dsn)
     holding = hung.lock("p", "hung")
     holding.__enter__()
-    with pytest.raises(LockError):
-        with admin.lock("p", "blocked"):
-            pass
+    with pytest.raises(LockError), admin.lock("p", "blocked"):
+        pass
     assert admin.unlock("p") is True
     with admin.lock("p", "next"):
         pass
@@ -377,7 +380,9 @@ def test_no_secret_reaches_a_stored_checkpoint_or_failed_record(store: PostgresS
     assert secret not in repr(dump_state(dsn))
 
 
-def test_rows_that_cannot_be_read_are_one_state_error_and_reset_repairs_them(store: PostgresStateStore, dsn: str) -> None:
+def test_rows_that_cannot_be_read_are_one_state_error_and_reset_repairs_them(
+    store: PostgresStateStore, dsn: str
+) -> None:
     """A failed record's raw text that is not JSON, counts that are not an object, a checkpoint that
     is not JSON: `show` raises one StateError naming the table and `etl state reset`; the reset
     drops or clears them."""
@@ -387,7 +392,10 @@ def test_rows_that_cannot_be_read_are_one_state_error_and_reset_repairs_them(sto
     store.finish_run("p", run, watermark=5, clear_checkpoint=False)
     cases = [
         ("UPDATE etl_state.failed SET raw='{'", "a failed record's raw text in table failed is not JSON"),
-        ("UPDATE etl_state.runs SET counts='[1]'", "the counts column of run r1 in table runs is a list, not an object"),
+        (
+            "UPDATE etl_state.runs SET counts='[1]'",
+            "the counts column of run r1 in table runs is a list, not an object",
+        ),
         ("UPDATE etl_state.pipelines SET checkpoint='x'", "the checkpoint in table pipelines is not JSON"),
     ]
     for sql, message in cases:
@@ -461,7 +469,7 @@ def rows(dsn: str, table: str = "public.items") -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True) as db:
         cursor = db.execute(f"SELECT * FROM {table}")
         names = [c.name for c in cursor.description or []]
-        return {row[0]: dict(zip(names[1:], row[1:])) for row in cursor}
+        return {row[0]: dict(zip(names[1:], row[1:], strict=True)) for row in cursor}
 
 
 def writes(*records: tuple[str, dict[str, Any]]) -> list[Write]:
@@ -505,7 +513,8 @@ def test_a_new_field_adds_a_column(dsn: str) -> None:
 
 
 def test_upsert_is_idempotent_and_updates_in_place(dsn: str) -> None:
-    """Writing a page twice leaves one row per key; a changed record updates its row; a key twice in a page, the last wins."""
+    """Writing a page twice leaves one row per key; a changed record updates its row; a key twice in a page,
+    the last wins."""
     writer = target(dsn, ["name"])
     page = writes(("1", {"name": "a"}), ("2", {"name": "b"}))
     writer.write(page)

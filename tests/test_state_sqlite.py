@@ -162,9 +162,8 @@ def test_second_lock_on_a_live_holder_fails(tmp_path: Path) -> None:
     """While one run holds a pipeline's lock, a second gets LockError naming the holder."""
     a, b = SqliteStateStore(tmp_path / "s.db"), SqliteStateStore(tmp_path / "s.db")
     with a.lock("p", "run-a"):
-        with pytest.raises(LockError, match="already running .*run-a"):
-            with b.lock("p", "run-b"):
-                pass
+        with pytest.raises(LockError, match=r"already running .*run-a"), b.lock("p", "run-b"):
+            pass
         with b.lock("other", "run-c"):
             pass
     with b.lock("p", "run-b"):
@@ -176,15 +175,15 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog: pytest.Log
     """A lock whose process has died is taken over, with a warning in the log."""
     path = tmp_path / "s.db"
     code = (
-        "import os; from runner.state.sqlite import SqliteStateStore as S; s=S(__import__('pathlib').Path(%r));"
-        "cm=s.lock('p','dead-run'); cm.__enter__(); os._exit(0)" % str(path)
+        "import os; from runner.state.sqlite import SqliteStateStore as S; "
+        f"s=S(__import__('pathlib').Path({str(path)!r}));"
+        "cm=s.lock('p','dead-run'); cm.__enter__(); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     store = SqliteStateStore(path)
     assert store.show("p")["lock"]["run_id"] == "dead-run"
-    with caplog.at_level("WARNING"):
-        with store.lock("p", "new-run"):
-            assert store.show("p")["lock"]["run_id"] == "new-run"
+    with caplog.at_level("WARNING"), store.lock("p", "new-run"):
+        assert store.show("p")["lock"]["run_id"] == "new-run"
     assert "lock.taken_over" in caplog.text
     store.close()
 
@@ -201,7 +200,8 @@ def test_unlock_refuses_a_holder_alive_on_this_host_unless_forced(tmp_path: Path
     LockError (exit 4) naming its run, pid and host; `force=True` removes the lock anyway."""
     holder, other = SqliteStateStore(tmp_path / "s.db"), SqliteStateStore(tmp_path / "s.db")
     with holder.lock("p", "run-live"):
-        with pytest.raises(LockError, match=rf"run run-live, pid {os.getpid()} on {socket.gethostname()}.*--force") as caught:
+        pattern = rf"run run-live, pid {os.getpid()} on {socket.gethostname()}.*--force"
+        with pytest.raises(LockError, match=pattern) as caught:
             other.unlock("p")
         assert caught.value.exit_code == 4 and "\n" not in str(caught.value)
         assert other.show("p")["lock"]["run_id"] == "run-live"
@@ -317,9 +317,15 @@ def test_a_failed_record_is_stored_with_its_secrets_masked(tmp_path: Path) -> No
 
 CORRUPT = {
     "watermark": ("UPDATE pipelines SET watermark='{oops'", r"the watermark in table pipelines is not JSON"),
-    "checkpoint": ("UPDATE pipelines SET checkpoint='not json'", r"the checkpoint in table pipelines is not JSON.*--restart"),
+    "checkpoint": (
+        "UPDATE pipelines SET checkpoint='not json'",
+        r"the checkpoint in table pipelines is not JSON.*--restart",
+    ),
     "counts": ("UPDATE runs SET counts='x'", r"the counts column of run r1 in table runs is not JSON"),
-    "counts-shape": ("UPDATE runs SET counts='[1, 2]'", r"the counts column of run r1 in table runs is a list, not an object"),
+    "counts-shape": (
+        "UPDATE runs SET counts='[1, 2]'",
+        r"the counts column of run r1 in table runs is a list, not an object",
+    ),
     "raw": ("UPDATE failed SET raw='{'", r"a failed record's raw text in table failed is not JSON"),
 }
 
@@ -335,7 +341,8 @@ def test_a_row_that_cannot_be_read_is_one_state_error_and_reset_repairs_it(store
     store.finish_run("p", run, watermark=5, clear_checkpoint=False)
     sql, message = CORRUPT[case]
     store._db.execute(sql)
-    with pytest.raises(StateError, match=rf"^state store .*state\.db: pipeline 'p': {message}.*`etl state reset p`") as caught:
+    pattern = rf"^state store .*state\.db: pipeline 'p': {message}.*`etl state reset p`"
+    with pytest.raises(StateError, match=pattern) as caught:
         store.show("p")
     assert "\n" not in str(caught.value)
     if case == "watermark":
@@ -364,13 +371,15 @@ def test_read_only_store_on_a_log_without_its_index_is_one_state_error(tmp_path:
     read-only store says so (and creates nothing) instead of writing the index."""
     path = tmp_path / "s.db"
     code = (
-        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; from runner.state.base import PageCommit;"
-        f"s=S(pathlib.Path({str(path)!r})); s.commit_page('p', PageCommit([('a','h',None)], [], [], None)); os._exit(0)"
+        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; "
+        "from runner.state.base import PageCommit;"
+        f"s=S(pathlib.Path({str(path)!r})); "
+        "s.commit_page('p', PageCommit([('a','h',None)], [], [], None)); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     Path(f"{path}-shm").unlink()
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(StateError, match="has no index .*a run that is not a dry run recovers it"):
+    with pytest.raises(StateError, match=r"has no index .*a run that is not a dry run recovers it"):
         SqliteStateStore(path, read_only=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -379,8 +388,10 @@ def test_read_only_store_sees_commits_left_in_the_wal_by_a_killed_run(tmp_path: 
     """After a writer dies without checkpointing, a read-only store still sees its commits."""
     path = tmp_path / "s.db"
     code = (
-        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; from runner.state.base import PageCommit;"
-        f"s=S(pathlib.Path({str(path)!r})); s.commit_page('p', PageCommit([('a','h',None)], [], [], '{{\"x\": 1}}')); os._exit(0)"
+        "import os, pathlib; from runner.state.sqlite import SqliteStateStore as S; "
+        "from runner.state.base import PageCommit;"
+        f"s=S(pathlib.Path({str(path)!r})); "
+        "s.commit_page('p', PageCommit([('a','h',None)], [], [], '{\"x\": 1}')); os._exit(0)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert Path(f"{path}-wal").exists()

@@ -14,10 +14,10 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import jmespath
 from jmespath.exceptions import (
@@ -168,8 +168,8 @@ def _analyse(
     values = interpolate(doc.data, variables, plain=doc.plain)
     _env_problems(values.missing, values.malformed, report, strict)
     unchecked = set(values.missing) | set(values.malformed) | _non_finite(values.data, report) | doc.unreadable
-    for path, message, key in schema_findings(values.data, skip=unchecked):
-        report.add(path, message, key=key)
+    for key_path, message, key in schema_findings(values.data, skip=unchecked):
+        report.add(key_path, message, key=key)
     compiled = _expressions(values.data, report, unchecked)
     _placeholder_problems(values.data, report)
     _driver_problems(values.data, report)
@@ -339,7 +339,7 @@ def _get(data: Any, path: KeyPath) -> Any:
     for key in path:
         if not isinstance(data, dict):
             return None
-        data = data.get(key)  # type: ignore[arg-type]
+        data = data.get(key)
     return data
 
 

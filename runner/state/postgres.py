@@ -189,7 +189,8 @@ class PostgresStateStore(LockingStore):
                 self._db.execute("SELECT pg_advisory_unlock(%s)", (advisory_key(pipeline),))
         except psycopg.Error as exc:
             if not (self._db.closed or self._db.broken):
-                raise StateError(f"{self.where}: cannot release the lock: {scrub(str(exc).strip(), self._dsn)}") from exc
+                reason = scrub(str(exc).strip(), self._dsn)
+                raise StateError(f"{self.where}: cannot release the lock: {reason}") from exc
         # a closed or broken connection is a session gone, and the server freed its locks with it
 
     def _lock_error(self, pipeline: str) -> LockError:
@@ -212,7 +213,9 @@ class PostgresStateStore(LockingStore):
         self._refuse_when_read_only(f"unlock {pipeline!r}")
         high, low = _lock_ids(advisory_key(pipeline))
         # from PostgreSQL 14 on, wait (up to 5 s) until the session has ended and its lock is free
-        terminate = "pg_terminate_backend(pid, 5000)" if self._db.info.server_version >= 140000 else "pg_terminate_backend(pid)"
+        terminate = (
+            "pg_terminate_backend(pid, 5000)" if self._db.info.server_version >= 140000 else "pg_terminate_backend(pid)"
+        )
         with self._tx() as db:
             ended = db.execute(
                 f"SELECT count(*) FILTER (WHERE {terminate}) FROM pg_locks "
@@ -284,7 +287,7 @@ class PostgresStateStore(LockingStore):
                     "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS u(fkey, eid, raw, error) "
                     "ON CONFLICT (pipeline, fkey) DO UPDATE SET external_id=excluded.external_id, "
                     "raw=excluded.raw, error=excluded.error, failed_at=excluded.failed_at",
-                    (pipeline, stamp, list(failed), *(list(column) for column in zip(*rows))),
+                    (pipeline, stamp, list(failed), *(list(column) for column in zip(*rows, strict=True))),
                 )
             self._set_pipeline(db, pipeline, checkpoint=checkpoint)
 
@@ -390,7 +393,7 @@ class _Queries:
             "AND p.classid::text::bigint=%s AND p.objid::text::bigint=%s AND p.objsubid=1 AND p.granted",
             (pipeline, high, low),
         ).fetchone()
-        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
+        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row, strict=True))
 
     def runs(self, pipeline: str, limit: int) -> list[RunRow]:
         rows = self._db.execute(

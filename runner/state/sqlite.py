@@ -354,7 +354,7 @@ class _Queries:
         row = self._db.execute(
             "SELECT run_id, pid, host, acquired_at FROM locks WHERE pipeline=?", (pipeline,)
         ).fetchone()
-        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row))
+        return None if row is None else dict(zip(("run_id", "pid", "host", "acquired_at"), row, strict=True))
 
     def runs(self, pipeline: str, limit: int) -> list[RunRow]:
         rows = self._db.execute(
