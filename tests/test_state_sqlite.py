@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import queue
 import socket
 import sqlite3
 import subprocess
@@ -410,22 +408,42 @@ def test_read_only_store_on_an_unmigrated_file_is_empty(tmp_path: Path) -> None:
     store.close()
 
 
-def open_each_at_the_barrier(paths: list[str], barrier: Any, results: Any) -> None:
-    """One of two processes: open each state file as soon as both are at the barrier, and report
-    None or the error."""
+RACE = """
+import json, multiprocessing, sys
+from pathlib import Path
+from runner.state.sqlite import SqliteStateStore
+
+
+def open_each_at_the_barrier(paths, barrier, results):
     for path in paths:
         barrier.wait(timeout=60)
         try:
             SqliteStateStore(Path(path)).close()
             results.put((path, None))
-        except Exception as exc:  # noqa: BLE001 - reported to the test
+        except Exception as exc:  # reported to the test
             results.put((path, f"{type(exc).__name__}: {exc}"))
+
+
+if __name__ == "__main__":
+    paths = json.loads(sys.argv[1])
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may have threads
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=open_each_at_the_barrier, args=(paths, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in range(2 * len(paths))]
+    for process in processes:
+        process.join(timeout=30)
+    print(json.dumps(outcomes))
+"""
 
 
 @pytest.mark.parametrize("start", ["no file", "a WAL file never migrated"])
 def test_two_processes_opening_one_new_state_file_at_once_both_succeed(tmp_path: Path, start: str) -> None:
     """Two processes (cron pipelines on their first day) open one new state file at the same
-    moment, 20 times: every open succeeds, the schema is made once, and the file is in WAL mode."""
+    moment, 20 times: every open succeeds, the schema is made once, and the file is in WAL mode.
+    (The two run under a script of their own, so multiprocessing's resource tracker ends with it
+    and no process outlives the test.)"""
     paths = [str(tmp_path / f"trial-{n}" / "state.db") for n in range(20)]
     if start == "a WAL file never migrated":
         for path in paths:
@@ -433,20 +451,13 @@ def test_two_processes_opening_one_new_state_file_at_once_both_succeed(tmp_path:
             db = sqlite3.connect(path)
             db.execute("PRAGMA journal_mode=WAL")
             db.close()
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may have threads
-    barrier, results = context.Barrier(2), context.Queue()
-    processes = [context.Process(target=open_each_at_the_barrier, args=(paths, barrier, results)) for _ in range(2)]
-    for process in processes:
-        process.start()
-    try:
-        outcomes = [results.get(timeout=120) for _ in range(2 * len(paths))]
-    except queue.Empty:
-        pytest.fail("a process stopped reporting")
-    finally:
-        for process in processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
+    script = tmp_path / "race.py"
+    script.write_text(RACE)
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(paths)], capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes = json.loads(done.stdout)
     failures = [f"{Path(path).parent.name}: {error}" for path, error in outcomes if error is not None]
     assert failures == []
     for path in paths:
