@@ -1,8 +1,14 @@
-"""Test doubles shared by several test files: a clock that moves only when code sleeps."""
+"""Test doubles shared by several test files: a clock that moves only when code sleeps, and an
+HttpClient that runs on it."""
 
 from __future__ import annotations
 
+import random
 import threading
+from typing import Any
+
+from runner.http.client import HttpClient
+from runner.model import Retry, Timeout
 
 WALL = 1_700_000_000.0
 
@@ -27,3 +33,12 @@ class FakeTime:
             self.sleeps.append(seconds)
             if not self.frozen:
                 self.now += seconds
+
+
+def fake_client(fake: FakeTime, *, seed: int, **overrides: Any) -> HttpClient:
+    """An HttpClient on `fake`'s clocks and sleep, its jitter seeded; `overrides` as HttpClient takes them."""
+    options: dict[str, Any] = {
+        "timeout": Timeout(), "retry": Retry(), "sleep": fake.sleep, "clock": fake.clock,
+        "wall_clock": fake.wall, "rng": random.Random(seed),
+    }
+    return HttpClient(**{**options, **overrides})

@@ -32,7 +32,7 @@ from runner.model import (
     Timeout,
 )
 
-from fakes import WALL, FakeTime
+from fakes import WALL, FakeTime, fake_client
 
 BASE = "https://api.test"
 URL = f"{BASE}/v1/items"
@@ -51,15 +51,7 @@ def api() -> Iterator[respx.MockRouter]:
 
 
 def make_client(fake: FakeTime, **overrides: Any) -> HttpClient:
-    options: dict[str, Any] = {
-        "timeout": Timeout(),
-        "retry": Retry(),
-        "sleep": fake.sleep,
-        "clock": fake.clock,
-        "wall_clock": fake.wall,
-        "rng": random.Random(SEED),
-    }
-    return HttpClient(**{**options, **overrides})
+    return fake_client(fake, seed=SEED, **overrides)
 
 
 def responses(*statuses: int) -> list[httpx.Response]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import socket
 import threading
 import time
@@ -13,7 +12,7 @@ import httpx
 import pytest
 import respx
 
-from fakes import FakeTime
+from fakes import FakeTime, fake_client
 
 from runner.dev.localserver import Handler, LocalServer
 from runner.errors import FetchError
@@ -74,11 +73,7 @@ def api() -> Iterator[respx.MockRouter]:
 
 
 def make_client(fake: FakeTime, **overrides: Any) -> HttpClient:
-    options: dict[str, Any] = {
-        "timeout": Timeout(), "retry": Retry(), "sleep": fake.sleep, "clock": fake.clock,
-        "wall_clock": fake.wall, "rng": random.Random(7),
-    }
-    return HttpClient(**{**options, **overrides})
+    return fake_client(fake, seed=7, **overrides)
 
 
 class Trickle(httpx.SyncByteStream):
