@@ -47,13 +47,15 @@ def test_the_page_scan_finds_each_kind_and_passes_clean_pages() -> None:
     """One pass finds NaN, Infinity inside a list, a 64-bit overflow and a huge number; a clean
     page, and a large int where the target has no 64-bit bound, pass."""
     records = [("a", {"v": 1.5}), ("b", {"v": math.nan}), ("c", {"v": [1, {"x": -math.inf}]}),
-               ("d", {"v": 2**63}), ("e", {"v": HugeNumber("9" * 5000)})]
+               ("d", {"v": 2**63}), ("e", {"v": HugeNumber("9" * 5000)}), ("f", {"v": [2**63]})]
     found = unstorable(records, int_range=INT64)
-    assert sorted(found) == ["b", "c", "d", "e"]
+    assert sorted(found) == ["b", "c", "d", "e"]  # f: a big int inside a list is JSON text
     assert "nan is not a JSON number" in found["b"] and "does not fit in 64 bits" in found["d"]
     assert "5000 digits" in found["e"]
     assert unstorable([("a", {"v": 1.5, "w": "x", "n": [1, 2]})], int_range=INT64) == {}
     assert unstorable([("d", {"v": 2**63})], int_range=None) == {}
+    # a body without NaN, Infinity or huge numbers: only the fields' own ints are looked at
+    assert sorted(unstorable(records, int_range=INT64, deep=False)) == ["d"]
 
 
 def test_unstorable_values_into_sqlite_fail_their_records_alone(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections import deque
+from itertools import chain, compress
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Page:
     request: PageRequest
     records: list[Any]
     next: PageRequest | None
+    # the body may hold NaN, Infinity or a number of more than 4,300 digits (see transform/values)
+    special_numbers: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class _Fetched:
     response: httpx.Response
     body: Any
     records: list[Any]
+    special_numbers: bool = False
 
 
 class SourceReader:
@@ -152,9 +156,10 @@ class SourceReader:
         source = self.source
         extra = {} if source.json is None else {"json": source.json}
         response = self._send(source.method, request.url, params=request.params, **extra)
-        body = decode(response, method=source.method)
+        body, huge = _decode(response, method=source.method)
         records = select_records(self.source, body, method=source.method, path=_path(response))
-        return _Fetched(request, response, body, records)
+        special = huge or b"NaN" in response.content or b"Infinity" in response.content
+        return _Fetched(request, response, body, records, special)
 
     def _accept(self, fetched: _Fetched) -> Page:
         """Count the page, ask the paginator for the next request, apply `max_items`."""
@@ -173,7 +178,7 @@ class SourceReader:
                 logger, "source.page", level=logging.DEBUG, page=self.pages_read,
                 records=len(records), request=request.target(),
             )
-        return Page(self.pages_read, request, records, following)
+        return Page(self.pages_read, request, records, following, fetched.special_numbers)
 
     # --- limits and loops -----------------------------------------------------------
 
@@ -222,16 +227,23 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
 
     A status of 400 or more is a FetchError: HttpClient.send raises those itself, but the
     reader's `send` is a seam that any callable (a plain httpx client in tests) fills."""
+    return _decode(response, method=method)[0]
+
+
+def _decode(response: httpx.Response, *, method: str) -> tuple[Any, bool]:
+    """`decode`, and whether the body held a number of more than 4,300 digits."""
     if response.status_code >= 400:
         raise FetchError(
             f"HTTP {response.status_code}", method=method, path=_path(response),
             status=response.status_code, detail=one_line(response.text, EXCERPT_CHARS),
         )
     if not response.content or response.content.isspace():  # no stripped copy of the body
-        return None
+        return None, False
     try:
-        body = _json(response)
-        too_deep = _nested_deeper_than(body, MAX_RESPONSE_DEPTH)
+        body, huge = _json(response)
+        content = response.content  # fewer openers than the limit cannot nest deeper than it
+        openers = content.count(b"{") + content.count(b"[")
+        too_deep = openers > MAX_RESPONSE_DEPTH and _nested_deeper_than(body, MAX_RESPONSE_DEPTH)
     except RecursionError:  # json's own limit, far past MAX_RESPONSE_DEPTH
         too_deep = True
     except ValueError as exc:
@@ -247,34 +259,34 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
             f"response nested deeper than {MAX_RESPONSE_DEPTH} levels",
             method=method, path=_path(response), status=response.status_code,
         )
-    return body
+    return body, huge
 
 
 MAX_RESPONSE_DEPTH = 200
+_CONTAINER = frozenset((dict, list)).__contains__
 
 
-def _json(response: httpx.Response) -> Any:
-    """The decoded body; a number of more than 4,300 digits (which Python will not make an
-    int) is kept as HugeNumber text, so that its record fails alone, not the page."""
+def _json(response: httpx.Response) -> tuple[Any, bool]:
+    """The decoded body, and whether it held a number of more than 4,300 digits (which Python
+    will not make an int): it is kept as HugeNumber text, so that its record fails alone."""
     try:
-        return response.json()
+        return response.json(), False
     except ValueError as exc:
         if "digits" not in str(exc):
             raise
-        return json.loads(response.content, parse_int=parse_huge)
+        return json.loads(response.content, parse_int=parse_huge), True
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether lists and objects nest more than `limit` deep, one level at a time (no recursion)."""
-    level = [value]
+    """Whether lists and objects nest more than `limit` deep: one level at a time (no recursion),
+    keeping only the containers of each level (at C speed: compress over their types)."""
+    level = [value] if _CONTAINER(type(value)) else []
     for _ in range(limit):
-        level = [
-            child for item in level if isinstance(item, (list, dict))
-            for child in (item.values() if isinstance(item, dict) else item)
-        ]
         if not level:
             return False
-    return any(isinstance(item, (list, dict)) for item in level)
+        children = list(chain.from_iterable([x.values() if type(x) is dict else x for x in level]))
+        level = list(compress(children, map(_CONTAINER, map(type, children))))
+    return bool(level)
 
 
 def select_records(source: Source, body: Any, *, method: str = "GET", path: str = "") -> list[Any]:

@@ -91,7 +91,7 @@ class Planner:
                 mapped[outcome.external_id] = outcome.record
                 if value is not None:
                     cursors[outcome.external_id] = value
-        for key, error in unstorable(mapped.items(), int_range=self._int_range).items():
+        for key, error in unstorable(mapped.items(), int_range=self._int_range, deep=page.special_numbers).items():
             record = mapped.pop(key)
             failed.append(FailedRecord(key, record, error))
             if cursor is not None:

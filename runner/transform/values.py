@@ -7,9 +7,11 @@ numbers of more than 4,300 digits (Python will not make them ints; they are
 kept as `HugeNumber` text). Such a record fails alone, with the field named;
 the page and the run go on.
 
-`unstorable(records)` looks at a page's values in one pass over their types
-(`set(map(type, ...))`): most pages hold no float, no large int and nothing
-nested, and cost one C-level scan.
+The cost on the hot path is one C-level pass over a page's field values (their
+types, and the least and greatest int when the target has a 64-bit bound). The
+walk through lists and objects runs only for a page whose body may hold NaN,
+Infinity or a huge number, which the reader tells from the bytes (`deep`).
+An integer past 64 bits inside a list or object is no problem: it is JSON text.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from collections.abc import Iterable
 from typing import Any
 
 INT64 = (-(2**63), 2**63 - 1)
-_NESTED = (dict, list)
 
 
 class HugeNumber(str):
@@ -36,48 +37,47 @@ def parse_huge(text: str) -> int | HugeNumber:
 
 
 def unstorable(
-    records: Iterable[tuple[str, dict[str, Any]]], *, int_range: tuple[int, int] | None
+    records: Iterable[tuple[str, dict[str, Any]]], *, int_range: tuple[int, int] | None, deep: bool = True
 ) -> dict[str, str]:
-    """The keys of the records holding a value the target cannot store, with the reason."""
+    """The keys of the records holding a value the target cannot store, with the reason.
+
+    `deep=False` says the page's body held no NaN, Infinity or huge number: then only the
+    fields' own ints are checked against `int_range`.
+    """
     records = list(records)
-    values = list(itertools.chain.from_iterable(record.values() for _, record in records))
-    kinds = set(map(type, values))
-    if not kinds & {float, int, HugeNumber, dict, list}:
+    if not deep and int_range is None:
         return {}
-    if not _suspect(values, kinds, int_range):
+    values = list(itertools.chain.from_iterable(record.values() for _, record in records))
+    if not (deep or _ints_out_of(values, int_range)):
         return {}
     found: dict[str, str] = {}
     for key, record in records:
         for name, value in record.items():
-            reason = _problem(value, int_range)
+            reason = _problem(value, int_range, deep=deep)
             if reason is not None:
                 found[key] = f"field {name!r}: {reason}; the target cannot store it"
                 break
     return found
 
 
-def _suspect(values: list[Any], kinds: set[type], int_range: tuple[int, int] | None) -> bool:
-    """Whether any value may be unstorable (a cheap test before the per-record one)."""
-    if HugeNumber in kinds or kinds & set(_NESTED):
-        return True
-    if float in kinds and not all(map(math.isfinite, (v for v in values if type(v) is float))):
-        return True
-    if int in kinds and int_range is not None:
-        ints = [v for v in values if type(v) is int]
-        return min(ints) < int_range[0] or max(ints) > int_range[1]
-    return False
+def _ints_out_of(values: list[Any], int_range: tuple[int, int] | None) -> bool:
+    if int_range is None or int not in set(map(type, values)):
+        return False
+    ints = [v for v in values if type(v) is int]
+    return min(ints) < int_range[0] or max(ints) > int_range[1]
 
 
-def _problem(value: Any, int_range: tuple[int, int] | None) -> str | None:
-    """Why one value (walked through lists and objects) cannot be stored, or None."""
-    stack = [value]
+def _problem(value: Any, int_range: tuple[int, int] | None, *, deep: bool) -> str | None:
+    """Why one field's value cannot be stored, or None: an int past the range (the field's
+    own value only), and with `deep`, NaN, Infinity or a huge number anywhere inside it."""
+    if type(value) is int and int_range is not None and not int_range[0] <= value <= int_range[1]:
+        return f"the integer {_cut(str(value))} does not fit in 64 bits"
+    stack = [value] if deep else []
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind is float and not math.isfinite(item):
             return f"{item} is not a JSON number"
-        if kind is int and int_range is not None and not int_range[0] <= item <= int_range[1]:
-            return f"the integer {_cut(str(item))} does not fit in 64 bits"
         if kind is HugeNumber:
             return f"a number of {len(item)} digits ({_cut(item)})"
         if kind is dict:
