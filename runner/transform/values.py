@@ -16,12 +16,16 @@ An integer past 64 bits inside a list or object is no problem: it is JSON text.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 from collections.abc import Iterable
 from typing import Any
 
 INT64 = (-(2**63), 2**63 - 1)
+_RECORD = operator.itemgetter(1)
+_IS_INT = functools.partial(operator.is_, int)
 
 
 class HugeNumber(str):
@@ -47,7 +51,7 @@ def unstorable(
     records = list(records)
     if not deep and int_range is None:
         return {}
-    values = list(itertools.chain.from_iterable(record.values() for _, record in records))
+    values = list(itertools.chain.from_iterable(map(dict.values, map(_RECORD, records))))
     if not (deep or _ints_out_of(values, int_range)):
         return {}
     found: dict[str, str] = {}
@@ -61,9 +65,13 @@ def unstorable(
 
 
 def _ints_out_of(values: list[Any], int_range: tuple[int, int] | None) -> bool:
-    if int_range is None or int not in set(map(type, values)):
+    """Whether an int among `values` (not a bool) lies outside `int_range`: C-level passes only."""
+    if int_range is None:
         return False
-    ints = [v for v in values if type(v) is int]
+    types = list(map(type, values))
+    if int not in types:
+        return False
+    ints = list(itertools.compress(values, map(_IS_INT, types)))
     return min(ints) < int_range[0] or max(ints) > int_range[1]
 
 
