@@ -71,7 +71,7 @@ def _ints_out_of(values: list[Any], int_range: tuple[int, int] | None) -> bool:
     types = list(map(type, values))
     if int not in types:
         return False
-    ints = list(itertools.compress(values, map(_IS_INT, types)))
+    ints: list[int] = list(itertools.compress(values, map(_IS_INT, types)))
     return min(ints) < int_range[0] or max(ints) > int_range[1]
 
 
