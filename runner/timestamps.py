@@ -1,9 +1,11 @@
-"""Timestamps and cursor values: the project's one ISO-8601 parser, and the order of cursor values.
+"""Timestamps and cursor values: the project's one timestamp parser, and the order of cursor values.
 
 Used by the watermark (`runner.load.watermark`), the JMESPath functions and
 the dev servers. Values compare by kind, never as text: numbers as numbers,
-ISO-8601 timestamps as instants (offsets honoured, `Z` accepted, a naive
-time or a bare date taken as UTC). A string that is a plain decimal number
+timestamps as instants, whatever their form: ISO-8601 (offsets honoured, `Z`
+accepted, a naive time or a bare date taken as UTC) or RFC 2822 / HTTP dates
+as SaaS APIs write them (`Tue, 05 Mar 2024 18:53:33 +0000`, Twilio;
+`Wed, 21 Oct 2015 07:28:00 GMT`). A string that is a plain decimal number
 (`"1700000000"`) counts as a number, because a saved watermark or a query
 parameter may come back as text.
 """
@@ -14,6 +16,7 @@ import math
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from email.utils import format_datetime
 from typing import Any, Literal
 
 __all__ = ["Kind", "parse_timestamp", "sort_key", "step_back"]
@@ -25,23 +28,51 @@ _TIMESTAMP = re.compile(
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?"
     r"\s*(Z|z|[+-]\d{2}(?::?\d{2})?)?)?"
 )
+# RFC 2822 section 3.3 (day name optional, seconds optional, case-insensitive names); HTTP
+# dates (RFC 9110 IMF-fixdate) are its GMT form. Obsolete forms (two-digit years, US zone
+# names, military letters) are left out: no API we know writes them, and guessing is worse.
+_RFC2822 = re.compile(
+    r"(?:(?P<weekday>mon|tue|wed|thu|fri|sat|sun)\s*,\s*)?"
+    r"(?P<day>\d{1,2})\s+(?P<month>[a-z]{3})\s+(?P<year>\d{4})\s+"
+    r"(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2}))?\s+"
+    r"(?P<zone>[+-]\d{4}|gmt|ut|utc|z)",
+    re.IGNORECASE,
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def parse_timestamp(text: str) -> datetime:
-    """An aware UTC datetime for an ISO-8601 date or date-time; ValueError if it is not one.
+    """An aware UTC datetime for an ISO-8601 date or date-time or an RFC 2822 / HTTP date;
+    ValueError if it is none of them.
 
     Fractions finer than a microsecond are truncated here; `sort_key` keeps them.
     """
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
+        rfc = _RFC2822.fullmatch(text.strip())
+        if rfc is None:
+            raise ValueError(f"not an ISO-8601 or RFC 2822 timestamp: {text!r}")
+        return _rfc2822_local(rfc).astimezone(timezone.utc)
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     micro = int((fraction or "0")[:6].ljust(6, "0"))
     local = datetime(
         int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0), micro
     )
     return local.replace(tzinfo=_zone(offset)).astimezone(timezone.utc)
+
+
+def _rfc2822_local(match: re.Match[str]) -> datetime:
+    """The instant an RFC 2822 match names, in the offset it was written with."""
+    month = match["month"].lower()
+    if month not in _MONTHS:
+        raise ValueError(f"not an RFC 2822 month: {match['month']!r} in {match.string!r}")
+    zone = match["zone"]
+    offset = _zone(zone if zone[0] in "+-" else None)
+    return datetime(
+        int(match["year"]), _MONTHS.index(month) + 1, int(match["day"]),
+        int(match["hour"]), int(match["minute"]), int(match["second"] or 0), tzinfo=offset,
+    )
 
 
 def _zone(offset: str | None) -> timezone:
@@ -103,7 +134,7 @@ def _number_back(value: Any, amount: float | None) -> Any:
 def _timestamp_back(text: str, amount: float | None) -> str:
     match = _TIMESTAMP.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"not an ISO-8601 timestamp: {text!r}")
+        return _rfc2822_back(text, amount)
     _, _, _, hour, _minute, second, fraction, offset = match.groups()
     digits = min(len(fraction or ""), 6)
     if hour is None:
@@ -126,3 +157,21 @@ def _timestamp_back(text: str, amount: float | None) -> str:
 def _offset_like(offset: str | None, delta: timedelta | None) -> str:
     """The offset as the original wrote it (moving an instant back keeps a fixed offset)."""
     return offset or ""
+
+
+def _rfc2822_back(text: str, amount: float | None) -> str:
+    """An RFC 2822 value moved back, written in RFC 2822 (whole seconds: a fractional
+    `amount` rounds toward the past, which only widens a lookback)."""
+    match = _RFC2822.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not an ISO-8601 or RFC 2822 timestamp: {text!r}")
+    unit = timedelta(minutes=1) if match["second"] is None else timedelta(seconds=1)
+    moved = _rfc2822_local(match) - (unit if amount is None else timedelta(seconds=amount))
+    # The offset is fixed, so the zone is written as the original spelled it: GMT stays GMT,
+    # +0000 stays +0000, and "-0000" (UTC, local zone unknown: RFC 2822 3.3) stays too.
+    head = format_datetime(moved).rpartition(" ")[0]
+    if match["second"] is None:
+        head = head[:-3]
+    if match["weekday"] is None:
+        head = head[5:]
+    return f"{head} {match['zone']}"

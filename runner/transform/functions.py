@@ -1,10 +1,13 @@
 """JMESPath functions of our own, registered once; every Expr searches with OPTIONS.
 
 String helpers take null and give null, so an absent field maps to null
-instead of failing the record. Dates are ISO-8601 strings or epoch seconds.
+instead of failing the record. Dates are ISO-8601 strings, RFC 2822 / HTTP dates
+(`Tue, 05 Mar 2024 18:53:33 +0000`) or epoch seconds; any other written form goes
+through parse_date with its strptime format.
 
     lower(s)  upper(s)  trim(s)  split(s, sep)  replace(s, old, new)
     to_iso(date)              -> ISO-8601 in UTC, e.g. 2024-05-01T08:00:00Z
+    parse_date(s, fmt)        -> strptime(fmt) of s as ISO-8601 in UTC (no offset in fmt: UTC)
     format_date(date, fmt)    -> strftime(fmt) of the instant in UTC
     to_epoch(date)            -> seconds since 1970 (number)
     from_epoch(seconds)       -> ISO-8601 in UTC
@@ -64,6 +67,13 @@ class EtlFunctions(jp.Functions):
     @jp.signature(_DATE)
     def _func_to_iso(self, value: Any) -> str | None:
         return None if value is None else _iso(_instant(value))
+
+    @jp.signature(_STR, {"types": ["string"]})
+    def _func_parse_date(self, s: str | None, fmt: str) -> str | None:
+        if s is None:
+            return None
+        moment = datetime.strptime(s, fmt)  # ValueError on a mismatch fails that record only
+        return _iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
 
     @jp.signature(_DATE, {"types": ["string"]})
     def _func_format_date(self, value: Any, fmt: str) -> str | None:
