@@ -128,27 +128,42 @@ Auth = BearerAuth | BasicAuth | ApiKeyAuth | OAuth2ClientCredentials
 # --- source --------------------------------------------------------------------
 
 
+# Every style takes `stop_when` (a truthy JMESPath on the body ends paging after that page)
+# and `params_first_page_only` (`params` go with the first request only). `cursor`, `page`
+# and `offset` also take `location` (the file's `in`): where their parameters are sent.
+PagingLocation = Literal["query", "body", "header"]
+
+
 @dataclass(frozen=True, slots=True)
 class NoPagination:
+    stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["none"] = "none"
 
 
 @dataclass(frozen=True, slots=True)
 class NextUrlPagination:
     path: Expr
+    stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["next_url"] = "next_url"
 
 
 @dataclass(frozen=True, slots=True)
 class LinkHeaderPagination:
+    stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["link_header"] = "link_header"
 
 
 @dataclass(frozen=True, slots=True)
 class CursorPagination:
-    path: Expr
     param: str
+    path: Expr | None = None  # the token in the body; or
+    header: str | None = None  # the token in this response header
+    location: PagingLocation = "query"
     stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["cursor"] = "cursor"
 
 
@@ -159,6 +174,9 @@ class PagePagination:
     size_param: str | None = None
     size: int | None = None
     total_pages: Expr | None = None
+    location: PagingLocation = "query"
+    stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["page"] = "page"
 
 
@@ -168,6 +186,9 @@ class OffsetPagination:
     param: str = "offset"
     limit_param: str = "limit"
     total: Expr | None = None
+    location: PagingLocation = "query"
+    stop_when: Expr | None = None
+    params_first_page_only: bool = False
     type: Literal["offset"] = "offset"
 
 
@@ -201,7 +222,7 @@ class Incremental:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    url: str
+    url: str  # the file's `url`, or its `base_url` and `path` joined
     method: Literal["GET", "POST"] = "GET"
     params: Mapping[str, Any] = field(default_factory=frozen_map)
     headers: Mapping[str, str] = field(default_factory=frozen_map)

@@ -43,8 +43,8 @@ def client() -> Iterator[httpx.Client]:
 
 
 def sender(client: httpx.Client) -> Callable[..., httpx.Response]:
-    def send(method: str, url: str, **kw: Any) -> httpx.Response:
-        return client.request(method, url, **kw)
+    def send(method: str, url: str, *, idempotent: bool | None = None, **kw: Any) -> httpx.Response:
+        return client.request(method, url, **kw)  # `idempotent` is HttpClient's retry switch
 
     return send
 

@@ -174,6 +174,7 @@ def _analyse(
     _placeholder_problems(values.data, report)
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
+    _source_problems(values.data, report)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
     return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
 
@@ -319,6 +320,30 @@ def _driver_problems(data: Any, report: _Report) -> None:
             report.add(path, message, key=True, severity="warning")
 
 
+def _source_problems(data: Any, report: _Report) -> None:
+    """Key combinations the schema leaves to us: `url` or `base_url` + `path` (one form, not
+    none), a cursor's `path` or `header`, and `in: body`, which only a POST has."""
+    source = _get(data, ("source",))
+    if not isinstance(source, dict):
+        return
+    if "url" not in source and "base_url" not in source:
+        report.add(("source",), "missing required key 'url' in source (or 'base_url' and 'path')", key=True)
+    paging = source.get("pagination")
+    if not isinstance(paging, dict):
+        return
+    if paging.get("type") == "cursor" and "path" not in paging and "header" not in paging:
+        report.add(
+            ("source", "pagination"), "missing required key 'path' in source.pagination for type 'cursor' "
+            "(or 'header': the response header that holds the cursor)", key=True,
+        )
+    if paging.get("in") == "body" and source.get("method", "GET") != "POST":
+        report.add(
+            ("source", "pagination", "in"),
+            "'in: body' puts the paging parameter in the JSON body, which only a POST sends; "
+            "set 'method: POST' in source, or use 'in: query'",
+        )
+
+
 def _state_file_problems(data: Any, report: _Report) -> None:
     """A sqlite target in the SQLite state store's own file would add its columns to the
     state's tables (a target table named `keys` breaks every pipeline of that store)."""
@@ -388,7 +413,7 @@ class _Builder:
 
     def source(self, d: dict[str, Any]) -> model.Source:
         return model.Source(
-            url=d["url"],
+            url=d["url"] if "url" in d else _joined(d["base_url"], d["path"]),
             method=d.get("method", "GET"),
             params=model.frozen_map(d.get("params")),
             headers=_headers(d.get("headers")),
@@ -406,6 +431,8 @@ class _Builder:
         base = ("source", "pagination")
         kwargs = {k: (self.expr((*base, k)) if (*base, k) in EXPRESSIONS else v) for k, v in d.items()}
         kwargs.pop("type")
+        if "in" in kwargs:
+            kwargs["location"] = kwargs.pop("in")
         return PAGINATIONS[d["type"]](**kwargs)  # type: ignore[no-any-return]
 
     def incremental(self, d: dict[str, Any] | None) -> model.Incremental | None:
@@ -502,6 +529,11 @@ def _http_behaviour(d: dict[str, Any]) -> dict[str, Any]:
 
 def _numbers(cls: Callable[..., Any], d: Mapping[str, Any], *, floats: set[str]) -> Any:
     return cls(**{k: float(v) if k in floats else v for k, v in d.items()})
+
+
+def _joined(base_url: str, path: str) -> str:
+    """`base_url` and `path` as the http target joins them: one slash between the two."""
+    return f"{base_url.rstrip('/')}/{path.lstrip('/')}"
 
 
 def _operation(d: dict[str, Any] | None, id_path: model.Expr | None = None) -> model.HttpOperation | None:

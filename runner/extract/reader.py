@@ -154,8 +154,15 @@ class SourceReader:
 
     def _fetch(self, request: PageRequest) -> _Fetched:
         source = self.source
-        extra = {} if source.json is None else {"json": source.json}
-        response = self._send(source.method, request.url, params=request.params, **extra)
+        extra: dict[str, Any] = {}
+        body = request.json_body(source.json)
+        if body is not None:
+            extra["json"] = body
+        if request.headers:
+            extra["headers"] = request.headers
+        # a source request is a read whatever its method: a POST (GraphQL, a search) is
+        # retried on 5xx, 429 and transport errors exactly like a GET
+        response = self._send(source.method, request.url, params=request.params, idempotent=True, **extra)
         body, huge = _decode(response, method=source.method)
         records = select_records(self.source, body, method=source.method, path=_path(response))
         special = huge or b"NaN" in response.content or b"Infinity" in response.content
