@@ -86,8 +86,8 @@ class Watermark:
             return sort_key(value)
         except (ValueError, ArithmeticError) as exc:
             raise ResponseError(
-                f"incremental {self.field}: value {value!r} is neither a number "
-                "nor an ISO-8601 timestamp (like 2024-05-01T12:00:00Z)"
+                f"incremental {self.field}: value {value!r} is neither a number nor a timestamp "
+                "(ISO-8601 like 2024-05-01T12:00:00Z, or RFC 2822 like Wed, 01 May 2024 12:00:00 +0000)"
             ) from exc
 
 
