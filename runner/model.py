@@ -112,6 +112,9 @@ class ApiKeyAuth:
     type: Literal["api_key"] = "api_key"
 
 
+ClientAuth = Literal["body", "basic"]  # where an OAuth2 client sends its id and secret
+
+
 @dataclass(frozen=True, slots=True)
 class OAuth2ClientCredentials:
     token_url: str
@@ -119,10 +122,43 @@ class OAuth2ClientCredentials:
     client_secret: Secret
     scopes: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
+    client_auth: ClientAuth = "body"
+    grant_type: str = "client_credentials"  # Zoom's server-to-server apps: "account_credentials"
+    params: Mapping[str, str] = field(default_factory=frozen_map)  # extra form fields
     type: Literal["oauth2_client_credentials"] = "oauth2_client_credentials"
 
 
-Auth = BearerAuth | BasicAuth | ApiKeyAuth | OAuth2ClientCredentials
+@dataclass(frozen=True, slots=True)
+class OAuth2RefreshToken:
+    """The refresh-token grant (RFC 6749 section 6); a rotated refresh token lives only in memory."""
+
+    token_url: str
+    client_id: str
+    client_secret: Secret
+    refresh_token: Secret
+    scopes: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
+    client_auth: ClientAuth = "body"
+    params: Mapping[str, str] = field(default_factory=frozen_map)  # extra form fields
+    type: Literal["oauth2_refresh_token"] = "oauth2_refresh_token"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2JwtBearer:
+    """A service account's signed assertion (RFC 7523): `credentials_file`, or the three keys it holds."""
+
+    credentials_file: str | None = None  # a service-account JSON key file, read when the run starts
+    client_email: str | None = None
+    private_key: Secret | None = None  # PEM
+    token_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    subject: str | None = None  # the user to act as (domain-wide delegation)
+    hosts: tuple[str, ...] = ()  # origins besides the first request's that get the credentials
+    type: Literal["oauth2_jwt_bearer"] = "oauth2_jwt_bearer"
+
+
+OAuth2 = OAuth2ClientCredentials | OAuth2RefreshToken | OAuth2JwtBearer
+Auth = BearerAuth | BasicAuth | ApiKeyAuth | OAuth2
 
 
 # --- source --------------------------------------------------------------------

@@ -39,6 +39,7 @@ from runner.config.interpolate import interpolate
 from runner.config.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
 from runner.config.yamlpos import Document, KeyPath, dotted
 from runner.db import missing_postgres_driver
+from runner.http.jwtgrant import missing_jwt_library
 
 __all__ = ["check_file", "expand_paths", "load_pipeline", "load_schema"]
 
@@ -318,6 +319,9 @@ def _driver_problems(data: Any, report: _Report) -> None:
         message = missing_postgres_driver(what) if used else None
         if message is not None:
             report.add(path, message, key=True, severity="warning")
+    for block in (("source", "auth"), ("target", "auth")):  # PyJWT, the `jwt` extra, likewise
+        if _get(data, (*block, "type")) == "oauth2_jwt_bearer" and (message := missing_jwt_library()):
+            report.add((*block, "type"), message, severity="warning")
 
 
 def _source_problems(data: Any, report: _Report) -> None:
@@ -505,13 +509,34 @@ def _auth(d: dict[str, Any] | None) -> model.Auth | None:
     if kind == "api_key":
         location = d.get("in", "header")
         return model.ApiKeyAuth(name=d["name"], value=model.Secret(d["value"]), location=location, hosts=hosts)
-    return model.OAuth2ClientCredentials(
-        token_url=d["token_url"],
-        client_id=d["client_id"],
-        client_secret=model.Secret(d["client_secret"]),
-        scopes=tuple(d.get("scopes", ())),
-        hosts=hosts,
-    )
+    return _oauth2(d, hosts)
+
+
+def _oauth2(d: dict[str, Any], hosts: tuple[str, ...]) -> model.OAuth2:
+    kind, scopes = d["type"], tuple(d.get("scopes", ()))
+    if kind == "oauth2_jwt_bearer":
+        key = d.get("private_key")
+        return model.OAuth2JwtBearer(
+            credentials_file=str(_resolve(d["credentials_file"])) if "credentials_file" in d else None,
+            client_email=d.get("client_email"),
+            private_key=model.Secret(key) if key is not None else None,
+            token_url=d.get("token_url"),
+            scopes=scopes,
+            subject=d.get("subject"),
+            hosts=hosts,
+        )
+    common: dict[str, Any] = {
+        "token_url": d["token_url"],
+        "client_id": d["client_id"],
+        "client_secret": model.Secret(d["client_secret"]),
+        "scopes": scopes,
+        "hosts": hosts,
+        "client_auth": d.get("client_auth", "body"),
+        "params": model.frozen_map({k: _text(v) for k, v in d.get("params", {}).items()}),
+    }
+    if kind == "oauth2_refresh_token":
+        return model.OAuth2RefreshToken(refresh_token=model.Secret(d["refresh_token"]), **common)
+    return model.OAuth2ClientCredentials(grant_type=d.get("grant_type", "client_credentials"), **common)
 
 
 def _http_behaviour(d: dict[str, Any]) -> dict[str, Any]:
@@ -541,10 +566,12 @@ def _operation(d: dict[str, Any] | None, id_path: model.Expr | None = None) -> m
 
 
 def _headers(d: Mapping[str, Any] | None) -> Mapping[str, str]:
-    def text(value: Any) -> str:
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return model.frozen_map({k: _text(v) for k, v in (d or {}).items()})
 
-    return model.frozen_map({k: text(v) for k, v in (d or {}).items()})
+
+def _text(value: Any) -> str:
+    """A scalar as it goes in a header or a form field: YAML's `true` is `true`, not `True`."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _resolve(path: str) -> Path:

@@ -31,7 +31,7 @@ from jsonschema.protocols import Validator
 from runner.config.yamlpos import KeyPath, dotted
 
 SCHEMA_FILE = "pipeline.schema.json"
-SECRET_KEYS = frozenset({"token", "password", "value", "client_secret", "dsn"})
+SECRET_KEYS = frozenset({"token", "password", "value", "client_secret", "refresh_token", "private_key", "dsn"})
 PATTERN_HINTS = {
     "^[a-z0-9][a-z0-9_-]*$": "use lowercase letters, digits, '_' and '-', starting with a letter or digit",
     "^[A-Za-z_][A-Za-z0-9_]*$": "use letters, digits and '_', not starting with a digit",
