@@ -581,7 +581,7 @@ def test_everything_builds_the_documented_objects(tmp_path: Path) -> None:
     assert source.limits == model.Limits(10, 500, 30.0)
     assert (source.concurrency, source.max_response_bytes) == (2, 1048576)
     assert isinstance(source.pagination, model.CursorPagination) and source.pagination.param == "cursor"
-    assert source.pagination.stop_when is not None and source.pagination.stop_when.text == "!meta.has_more"
+    assert source.pagination.stop_when is not None and source.pagination.stop_when.text == "!(meta.has_more)"
     assert pipeline.target == model.SqliteTargetConfig(path=tmp_path / "out" / "items.db", table="items")
     assert pipeline.state == model.StateConfig(path=tmp_path / "out" / "state.db")
 

@@ -36,6 +36,7 @@ from runner.transform import functions
 from runner.config import yamlpos
 from runner.errors import ConfigError, Problem
 from runner.config.interpolate import interpolate
+from runner.config.lint import lint
 from runner.config.schemacheck import SECRET_KEYS, load_schema, schema_findings, suggest
 from runner.config.yamlpos import Document, KeyPath, dotted
 from runner.db import missing_postgres_driver
@@ -172,6 +173,9 @@ def _analyse(
     for key_path, message, key in schema_findings(values.data, skip=unchecked):
         report.add(key_path, message, key=key)
     compiled = _expressions(values.data, report, unchecked)
+    for key_path, parsed in compiled.items():
+        for message in lint(key_path, str(_get(values.data, key_path)), parsed.parsed):
+            report.add(key_path, message, severity="warning")
     _placeholder_problems(values.data, report)
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
