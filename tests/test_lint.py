@@ -60,3 +60,18 @@ def test_validate_prints_lint_warnings_in_text_and_json_and_exits_0(tmp_path: Pa
     (finding,) = [f for f in document["findings"] if f["path"] == "mapping.filter"]
     assert finding["severity"] == "warning" and finding["line"] > 1 and "!(archived.at)" in finding["message"]
     assert document["valid"] is True
+
+
+def test_a_misspelled_required_key_is_reported_at_its_own_line_with_did_you_mean(tmp_path: Path) -> None:
+    """Issue 20: `typ: cursor` gave "missing required key 'type'" at the block's line; now the
+    misspelling at its own line, and nothing else about that block."""
+    path = tmp_path / "typ.yaml"
+    path.write_text(
+        "version: 1\nname: t\nsource:\n  url: https://api.test/x\n"
+        "  pagination:\n    typ: cursor\n    path: next\n    param: c\n"
+        "mapping:\n  external_id: id\n  fields: {a: a}\ntarget: {type: jsonl, path: '-'}\n"
+    )
+    errors = [p for p in check_file(path, env={}) if p.severity == "error"]
+    assert [(p.line, p.column, p.path, p.message) for p in errors] == [
+        (6, 5, "source.pagination.typ", "unknown key 'typ' in source.pagination; did you mean 'type'?"),
+    ]

@@ -135,6 +135,14 @@ def _unknown_keys(error: _Violation, path: KeyPath) -> list[Finding]:
 
 def _missing_keys(error: _Violation, path: KeyPath) -> list[Finding]:
     missing = [k for k in error.validator_value if k not in error.instance]
+    typos = _misspelled(error, missing)
+    findings: list[Finding] = [
+        ((*path, typo), f"unknown key {typo!r} {_in(path)}; did you mean {meant!r}?", True)
+        for meant, typo in typos.items()
+    ]
+    missing = [k for k in missing if k not in typos]
+    if not missing:
+        return findings
     noun = "keys" if len(missing) > 1 else "key"
     message = f"missing required {noun} {_and(missing)} {_in(path)}{_for_type(error)}"
     type_enum = error.schema.get("properties", {}).get("type", {}).get("enum")
@@ -142,7 +150,20 @@ def _missing_keys(error: _Violation, path: KeyPath) -> list[Finding]:
         message += f"; valid types: {', '.join(type_enum)}"
     elif "properties" not in error.schema and "description" in error.schema:
         message += f"; {error.schema['description']}"  # a bare rule's hint, e.g. "or use 'upsert'"
-    return [(path, message, True)]
+    return [*findings, (path, message, True)]
+
+
+def _misspelled(error: _Violation, missing: list[str]) -> dict[str, str]:
+    """For each missing key, a key of the instance that is no known key and looks like it
+    (`typ` for `type`): the misspelling is reported at its own line, not the block's."""
+    known = set(error.schema.get("properties", {}))
+    strangers = [k for k in error.instance if isinstance(k, str) and k not in known and k not in missing]
+    found: dict[str, str] = {}
+    for key in missing:
+        close = difflib.get_close_matches(key, [k for k in strangers if k not in found.values()], n=1, cutoff=0.75)
+        if close:
+            found[key] = close[0]
+    return found
 
 
 def _bad_enum(error: _Violation, path: KeyPath) -> list[Finding]:
