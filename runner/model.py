@@ -265,6 +265,9 @@ class Source:
     json: Any = None
     auth: Auth | None = None
     records: Expr | None = None  # None means '@'
+    # on every 2xx body: truthy retries it like a 503 (checked first), or fails the run
+    retry_when: Expr | None = None
+    error_when: Expr | None = None
     pagination: Pagination = NoPagination()
     timeout: Timeout = Timeout()
     retry: Retry = Retry()

@@ -55,6 +55,8 @@ SECRET_BLOCKS: tuple[KeyPath, ...] = (
 )
 EXPRESSIONS: tuple[KeyPath, ...] = (
     ("source", "records"),
+    ("source", "retry_when"),
+    ("source", "error_when"),
     ("source", "pagination", "path"),
     ("source", "pagination", "stop_when"),
     ("source", "pagination", "total_pages"),
@@ -428,6 +430,8 @@ class _Builder:
             json=d.get("json"),
             auth=_auth(d.get("auth")),
             records=self.expr(("source", "records")),
+            retry_when=self.expr(("source", "retry_when")),
+            error_when=self.expr(("source", "error_when")),
             pagination=self.pagination(d.get("pagination", {"type": "none"})),
             **_http_behaviour(d),
             limits=_numbers(model.Limits, d.get("limits", {}), floats={"max_seconds"}),

@@ -7,6 +7,11 @@ hard stops (`max_pages`, `max_items`, `max_seconds`) end paging with a
 warning and set `stopped_by`; a next URL or cursor already requested in
 this run is a `PaginationLoopError`, raised before it is requested again.
 
+A 2xx body can still be an error: `retry_when` is handed to the client's
+retry loop as its `retry_if` (so a rate limit inside a 200 is retried like a
+503, in the one place that retries), and `error_when`, checked after it, turns
+a matching body into a FetchError naming the expression and what it matched.
+
 For predictable paginators (`page`, `offset`) and `concurrency > 1`, up to
 `concurrency` pages are fetched at once; they are still yielded in order,
 and paging stops at the first page that says so.
@@ -26,12 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from jmespath.exceptions import JMESPathError
 
 from runner import log
 from runner.errors import FetchError, PaginationLoopError, ResponseError
 from runner.http.errors import DeadlineReached, one_line
-from runner.model import Source
-from runner.transform.expressions import json_kind
+from runner.model import Expr, Source
+from runner.transform.expressions import json_kind, truthy
 from runner.transform.values import parse_huge
 from runner.extract.pagination import PageRequest, Paginator, PredictablePaginator, paginator_for
 
@@ -40,6 +46,7 @@ __all__ = ["Page", "SourceReader", "select_records"]
 logger = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 80
+MATCHED_CHARS = 200  # of the value `error_when` or `retry_when` matched, in their messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,7 @@ class Page:
     next: PageRequest | None
     # the body may hold NaN, Infinity or a number of more than 4,300 digits (see transform/values)
     special_numbers: bool = False
+    token: Any = None  # `incremental.token` on the body, for a sync-token source
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +84,11 @@ class SourceReader:
         params: Mapping[str, Any],
         start: PageRequest | None = None,
         clock: Callable[[], float] = time.monotonic,
+        restart: Callable[[FetchError], Mapping[str, Any] | None] | None = None,
     ) -> None:
         self.source = source
+        # asked when the first request fails: new params to read from the start, or None
+        self._restart = restart
         self.paginator: Paginator = paginator_for(source.pagination)
         self._send = send
         self._params = dict(params)
@@ -93,10 +104,35 @@ class SourceReader:
         """Yield each page in order until the paginator, a limit or an error ends paging."""
         self._started = self._clock()
         first = self._start or self.paginator.first(self.source.url, self._params)
+        if self._restart is None:
+            return self._pages_from(first)
+        return self._restartable(first, self._restart)
+
+    def _pages_from(self, first: PageRequest) -> Iterator[Page]:
         paginator = self.paginator
         if isinstance(paginator, PredictablePaginator) and paginator.predictable and self.source.concurrency > 1:
             return self._concurrent(first, paginator)
         return self._sequential(first)
+
+    def _restartable(
+        self, first: PageRequest, restart: Callable[[FetchError], Mapping[str, Any] | None]
+    ) -> Iterator[Page]:
+        """Paging from `first`; when its first request fails and `restart` gives params for
+        that error (an expired sync token), paging starts again from the source's first
+        request with them. Only the first request: a later failure fails the run."""
+        pages = self._pages_from(first)
+        try:
+            page = next(pages, None)  # both loops fetch the first page alone
+        except FetchError as exc:
+            params = restart(exc)
+            if params is None:
+                raise
+            self._seen.clear()
+            yield from self._pages_from(self.paginator.first(self.source.url, params))
+            return
+        if page is not None:
+            yield page
+            yield from pages
 
     # --- the two loops --------------------------------------------------------
 
@@ -160,10 +196,15 @@ class SourceReader:
             extra["json"] = body
         if request.headers:
             extra["headers"] = request.headers
+        judge = None if source.retry_when is None else _RetryWhen(source.retry_when, source.method)
+        if judge is not None:  # only then: a plain `send` seam need not know the keyword
+            extra["retry_if"] = judge
         # a source request is a read whatever its method: a POST (GraphQL, a search) is
         # retried on 5xx, 429 and transport errors exactly like a GET
         response = self._send(source.method, request.url, params=request.params, idempotent=True, **extra)
-        body, huge = _decode(response, method=source.method)
+        body, huge = judge.decoded(response) if judge is not None else _decode(response, method=source.method)
+        if source.error_when is not None:
+            _check_error_when(source.error_when, body, response, method=source.method)
         records = select_records(self.source, body, method=source.method, path=_path(response))
         special = huge or b"NaN" in response.content or b"Infinity" in response.content
         return _Fetched(request, response, body, records, special)
@@ -185,7 +226,18 @@ class SourceReader:
                 logger, "source.page", level=logging.DEBUG, page=self.pages_read,
                 records=len(records), request=request.target(),
             )
-        return Page(self.pages_read, request, records, following, fetched.special_numbers)
+        token = self._token(fetched.body)
+        return Page(self.pages_read, request, records, following, fetched.special_numbers, token)
+
+    def _token(self, body: Any) -> Any:
+        """`incremental.token` on a page's body (a sync-token source), else None."""
+        token = getattr(self.source.incremental, "token", None)
+        if token is None:
+            return None
+        try:
+            return token.search(body)
+        except JMESPathError as exc:  # a function given the wrong type
+            raise ResponseError(f"incremental token {token.text!r}: {exc}", method=self.source.method) from exc
 
     # --- limits and loops -----------------------------------------------------------
 
@@ -224,6 +276,45 @@ class SourceReader:
                 path=httpx.URL(request.url).path,
             )
         self._seen.add(key)
+
+
+# --- errors inside a 2xx body --------------------------------------------------------
+
+
+class _RetryWhen:
+    """`retry_when` as the client's `retry_if` for one request: it decodes the body it judges
+    and keeps it, so that the reader does not decode the accepted page a second time."""
+
+    __slots__ = ("_decoded", "_expr", "_method", "_response")
+
+    def __init__(self, expr: Expr, method: str) -> None:
+        self._expr, self._method = expr, method
+        self._response: httpx.Response | None = None
+        self._decoded: tuple[Any, bool] = (None, False)
+
+    def __call__(self, response: httpx.Response) -> str | None:
+        self._decoded, self._response = _decode(response, method=self._method), response
+        value = self._expr.search(self._decoded[0])
+        return matched("retry_when", self._expr, value) if truthy(value) else None
+
+    def decoded(self, response: httpx.Response) -> tuple[Any, bool]:
+        if response is self._response:
+            return self._decoded
+        return _decode(response, method=self._method)  # a `send` seam that ignored retry_if
+
+
+def _check_error_when(expr: Expr, body: Any, response: httpx.Response, *, method: str) -> None:
+    """Raise FetchError when `error_when` is truthy on the body: the API said error with a 2xx."""
+    value = expr.search(body)
+    if truthy(value):
+        status = response.status_code
+        raise FetchError(matched("error_when", expr, value), method=method, path=_path(response), status=status)
+
+
+def matched(key: str, expr: Expr, value: Any) -> str:
+    """`<key> '<expr>' matched: <value>`, the value as compact JSON, redacted, cut to 200 characters."""
+    shown = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    return f"{key} '{expr.text}' matched: {one_line(log.redact(shown), MATCHED_CHARS)}"
 
 
 # --- decoding and record selection ---------------------------------------------------

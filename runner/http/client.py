@@ -30,6 +30,10 @@ Retry policy (stamina-style: narrow, named, bounded):
   `ConnectError`, `ConnectTimeout`, `PoolTimeout`, and status 429. A 5xx, a
   read timeout or a dropped connection may have happened after the server
   acted, so they fail at once.
+* A response < 400 is retried too when the caller's `retry_if` (the reader's
+  `retry_when`) gives a reason for it: an API that reports a rate limit inside
+  a 200. It counts like a 429 (retried whatever the method, since the server
+  refused it; `Retry-After` honoured), so one loop holds every retry.
 * OAuth2: the token is fetched through this same path (its log line shows
   only the token URL's path), cached until 30 s before `expires_in`, and on a
   401 fetched again once and the request repeated (an extra attempt, beyond
@@ -61,7 +65,8 @@ from runner import log
 from runner.http.auth import Authenticator, TokenRequest, make_auth
 from runner.errors import FetchError
 from runner.http.errors import (
-    STATUS_HINTS, TLS_HINT, DeadlineReached, describe_error, fetch_error, is_tls_failure, safe_path,
+    STATUS_HINTS, TLS_HINT, DeadlineReached, describe_error, fetch_error, is_tls_failure, retry_after,
+    safe_path,
 )
 from runner.http.exchange import Outcome, Wire, log_headers
 from runner.http.origins import Credentials, Trust, with_query
@@ -81,6 +86,8 @@ RETRYABLE_ERRORS = (
 UNSENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 MAX_SECONDS = "the run's limits.max_seconds"
+# judges a response < 400 (its body read): a reason to retry it, or None to accept it
+RetryIf = Callable[[httpx.Response], str | None]
 
 
 class _Unset:
@@ -137,7 +144,7 @@ class HttpClient:
         self.timeout = timeout
         self.max_response_bytes = max_response_bytes
         self.deadline = deadline
-        self._sleep, self._clock = sleep, clock
+        self._sleep, self._clock, self._wall_clock = sleep, clock, wall_clock
         self._rng = rng if rng is not None else random.Random()
         self._logger = logging.getLogger(logger_name)
         self._limiter = _limiter(rate_limit, clock=clock, sleep=sleep)
@@ -192,12 +199,17 @@ class HttpClient:
         data: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
+        retry_if: RetryIf | None = None,
     ) -> httpx.Response:
-        """Send until a response < 400 arrives (body read) or raise FetchError."""
+        """Send until a response < 400 arrives (body read) or raise FetchError.
+
+        `retry_if` judges each such response: a reason it returns makes the response
+        retryable like a 429 (backoff, `max_attempts`, `max_elapsed`); what it raises
+        propagates."""
         spec = _RequestSpec(
             method.upper(), str(url), dict(params or {}), json, data, dict(headers or {})
         )
-        return self._send(spec, idempotent=idempotent, credentials=self._credentials)
+        return self._send(spec, idempotent=idempotent, credentials=self._credentials, retry_if=retry_if)
 
     def _post_token(self, token: TokenRequest) -> httpx.Response:
         spec = _RequestSpec("POST", token.url, data=token.form, headers=token.headers)
@@ -206,7 +218,8 @@ class HttpClient:
     # --- the retry loop ---------------------------------------------------------
 
     def _send(
-        self, spec: _RequestSpec, *, idempotent: bool | None, credentials: Credentials | None
+        self, spec: _RequestSpec, *, idempotent: bool | None, credentials: Credentials | None,
+        retry_if: RetryIf | None = None,
     ) -> httpx.Response:
         start = self._clock()
         attempt, budget, refreshed = 0, self.retry.max_attempts, False
@@ -214,14 +227,17 @@ class HttpClient:
             attempt += 1
             request = self._build(spec, credentials)
             outcome = self._attempt(request, credentials)
-            if outcome.response is not None:
+            asked = self._judge(request, outcome, attempt, retry_if)
+            if outcome.response is not None and asked is None:
                 self._log_attempt(request, outcome, attempt)
                 return outcome.response
+            if asked is not None:
+                outcome = self._asked(outcome, asked)
             if not refreshed and credentials is not None and _may_refresh(outcome, credentials.auth, request):
                 refreshed, budget = True, budget + 1
                 self._log_attempt(request, outcome, attempt, retry_in=0.0)
                 continue
-            verdict = self._decide(request, outcome, attempt, budget, start, idempotent)
+            verdict = self._decide(request, outcome, attempt, budget, start, idempotent, asked)
             self._log_attempt(request, outcome, attempt, retry_in=_wait_or_none(verdict))
             if isinstance(verdict, FetchError):
                 raise verdict from outcome.error
@@ -236,28 +252,48 @@ class HttpClient:
         budget: int,
         start: float,
         idempotent: bool | None,
+        asked: str | None = None,
     ) -> float | FetchError:
-        """The wait before the next attempt, or the error to raise now."""
+        """The wait before the next attempt, or the error to raise now (`asked`: retry_if's reason)."""
         if outcome.failure is not None:
             return outcome.failure
         safe = _is_idempotent(request) if idempotent is None else idempotent
-        if not self._retryable(outcome, safe):
+        if asked is None and not self._retryable(outcome, safe):
             return self._finalfetch_error(request, outcome, safe)
+        note = "" if asked is None else f" ({asked})"
         run_left = self._run_left()
         if run_left is not None and run_left <= 0:
-            why = f"; {MAX_SECONDS} ran out"
+            why = f"{note}; {MAX_SECONDS} ran out"
             return self._give_up(request, outcome, attempt, why, cls=DeadlineReached)
         if attempt >= budget:
-            return self._give_up(request, outcome, attempt, "")
+            return self._give_up(request, outcome, attempt, note)
         wait = outcome.retry_after if outcome.retry_after is not None else self._backoff(attempt)
         left = self.retry.max_elapsed - (self._clock() - start)
         if wait > left:
             why = self._too_long(outcome, wait, left, f"retry.max_elapsed={self.retry.max_elapsed:g} s")
-            return self._give_up(request, outcome, attempt, why)
+            return self._give_up(request, outcome, attempt, note + why)
         if run_left is not None and wait >= run_left:  # sleeping to the deadline would only fail there
             why = self._too_long(outcome, wait, run_left, MAX_SECONDS)
-            return self._give_up(request, outcome, attempt, why, cls=DeadlineReached)
+            return self._give_up(request, outcome, attempt, note + why, cls=DeadlineReached)
         return wait
+
+    def _judge(
+        self, request: httpx.Request, outcome: Outcome, attempt: int, retry_if: RetryIf | None
+    ) -> str | None:
+        """`retry_if`'s reason to retry a usable response, if any; its attempt is logged even if it raises."""
+        if retry_if is None or outcome.response is None:
+            return None
+        try:
+            return retry_if(outcome.response) or None
+        except BaseException:
+            self._log_attempt(request, outcome, attempt)
+            raise
+
+    def _asked(self, outcome: Outcome, reason: str) -> Outcome:
+        """A response that `retry_if` refused, as an outcome to retry (its Retry-After honoured)."""
+        assert outcome.response is not None
+        wait = retry_after(outcome.response, self._wall_clock)
+        return Outcome(status=outcome.status, detail=reason, retry_after=wait, elapsed=outcome.elapsed)
 
     def _too_long(self, outcome: Outcome, wait: float, left: float, budget: str) -> str:
         asker = "Retry-After" if outcome.retry_after is not None else "the backoff"
