@@ -24,15 +24,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import closing
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
 from runner import log
 from runner.config import load_pipeline
 from runner.db import require_postgres_driver
-from runner.errors import EtlError, Interrupted, StateError
-from runner.extract.pagination import paginator_for
+from runner.errors import EtlError, FetchError, Interrupted, StateError
+from runner.extract.pagination import PageRequest, paginator_for
 from runner.extract.prefetch import prefetch
 from runner.extract.reader import SourceReader
 from runner.http.client import HttpClient
@@ -40,7 +40,7 @@ from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUn
 from runner.load.apply import PageResult
 from runner.load.plan import Checkpoint, Planner
 from runner.load.process import Setup
-from runner.load.watermark import IncrementalCursor
+from runner.load.watermark import Cursor, SyncToken, cursor_for
 from runner.model import Pipeline, PostgresTargetConfig, SqliteTargetConfig
 from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
@@ -187,9 +187,26 @@ class _Run:
         self.store.start_run(pipeline.name, self.record)
         params = self.cursor.params(source.params) if self.cursor else dict(source.params)
         self.reader = SourceReader(
-            source=source, send=self.client.send, params=params,
-            start=self.checkpoint.next if self.checkpoint else None,
+            source=source, send=self.client.send, params=params, start=self._start(),
+            restart=self._token_expired if isinstance(self.cursor, SyncToken) else None,
         )
+
+    def _start(self) -> PageRequest | None:
+        """The first request when it is not the source's: a checkpoint's, or a saved delta URL."""
+        if self.checkpoint is not None:
+            return self.checkpoint.next
+        url = self.cursor.first_url if isinstance(self.cursor, SyncToken) else None
+        return None if url is None else PageRequest(url)  # the URL exactly as the API gave it
+
+    def _token_expired(self, error: FetchError) -> dict[str, Any] | None:
+        """The first request failed: when `reset_on` (and `reset_when`) say the sync token
+        expired, drop it and read everything from the start, in this run."""
+        cursor = self.cursor
+        if not isinstance(cursor, SyncToken) or not cursor.expired(error):
+            return None
+        cursor.reset()
+        log.event(logger, "incremental.token_reset", level=logging.WARNING, status=error.status, error=str(error))
+        return cursor.params(self.pipeline.source.params)
 
     def _pump(self) -> None:
         """Pages from the reader (fetched ahead) through the planner to the applier."""
@@ -285,13 +302,13 @@ class _Run:
             ) from exc
         return checkpoint
 
-    def _cursor(self) -> IncrementalCursor | None:
+    def _cursor(self) -> Cursor | None:
         spec = self.pipeline.source.incremental
         if spec is None:
             return None
         saved = None if self.options.full_refresh else self.store.watermark(self.pipeline.name)
         resumed = self.checkpoint.watermark if self.checkpoint is not None else None
-        return IncrementalCursor(spec, saved=saved, resumed_from=resumed)
+        return cursor_for(spec, saved=saved, resumed_from=resumed)
 
     def _committed(self, result: PageResult) -> None:
         """A page (or a batch) is committed: count it, hold the watermark back for the

@@ -257,6 +257,18 @@ class Incremental:
 
 
 @dataclass(frozen=True, slots=True)
+class IncrementalToken:
+    """Incremental by a sync token: `token` on each page's body; the next run sends the last
+    one as `param` on its first request, or (`as_url`) requests it as its first URL."""
+
+    token: Expr
+    param: str | None = None
+    as_url: bool = False
+    reset_on: frozenset[int] = frozenset({410})  # statuses that mean the token expired
+    reset_when: Expr | None = None  # narrows reset_on: JMESPath on the error body
+
+
+@dataclass(frozen=True, slots=True)
 class Source:
     url: str  # the file's `url`, or its `base_url` and `path` joined
     method: Literal["GET", "POST"] = "GET"
@@ -273,7 +285,7 @@ class Source:
     retry: Retry = Retry()
     rate_limit: RateLimit | None = None
     limits: Limits = Limits()
-    incremental: Incremental | None = None
+    incremental: Incremental | IncrementalToken | None = None
     concurrency: int = 4  # pages in flight for `page` and `offset`
     max_response_bytes: int = 50 * 1024 * 1024
 

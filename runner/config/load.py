@@ -62,6 +62,8 @@ EXPRESSIONS: tuple[KeyPath, ...] = (
     ("source", "pagination", "total_pages"),
     ("source", "pagination", "total"),
     ("source", "incremental", "cursor_field"),
+    ("source", "incremental", "token"),
+    ("source", "incremental", "reset_when"),
     ("mapping", "external_id"),
     ("mapping", "filter"),
     ("target", "create", "id_path"),
@@ -182,6 +184,7 @@ def _analyse(
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
     _source_problems(values.data, report)
+    _incremental_problems(values.data, report)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
     return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
 
@@ -354,6 +357,42 @@ def _source_problems(data: Any, report: _Report) -> None:
         )
 
 
+# keys that only one form of `incremental` has; the schema's `not` rule refuses both forms at once
+_WATERMARK_ONLY = ("initial_value", "lookback", "order")
+_TOKEN_ONLY = ("as_url", "reset_on", "reset_when")
+
+
+def _incremental_problems(data: Any, report: _Report) -> None:
+    """`incremental` is one of two forms: a record field (`cursor_field` + `param`) or a sync
+    token (`token` + `param` or `as_url: true`); each form's own keys only with it."""
+    spec = _get(data, ("source", "incremental"))
+    if not isinstance(spec, dict) or ("cursor_field" in spec and "token" in spec):
+        return
+    base: KeyPath = ("source", "incremental")
+    if "token" not in spec:
+        if "cursor_field" not in spec:
+            report.add(
+                base, "missing required key 'cursor_field' in source.incremental (a record field), "
+                "or 'token' (a sync token in each page's body)", key=True,
+            )
+        for key in (k for k in _TOKEN_ONLY if k in spec):
+            report.add((*base, key), f"'{key}' belongs to the sync-token form; add 'token' instead of 'cursor_field', "
+                       "or remove it", key=True)
+        return
+    for key in (k for k in _WATERMARK_ONLY if k in spec):
+        report.add((*base, key), f"'{key}' belongs to the record-field form (cursor_field); a sync token is "
+                   "sent as the API gave it: remove it", key=True)
+    as_url = spec.get("as_url") is True
+    if as_url and "param" in spec:
+        report.add((*base, "as_url"), "'as_url: true' requests the saved URL as it is; remove 'param' "
+                   "(or 'as_url' to send the token as that query parameter)", key=True)
+    elif not as_url and "param" not in spec:
+        report.add(
+            base, "missing required key 'param' in source.incremental for 'token' "
+            "(the query parameter that sends it), or 'as_url: true' (the token is a URL to request)", key=True,
+        )
+
+
 def _state_file_problems(data: Any, report: _Report) -> None:
     """A sqlite target in the SQLite state store's own file would add its columns to the
     state's tables (a target table named `keys` breaks every pipeline of that store)."""
@@ -447,9 +486,15 @@ class _Builder:
             kwargs["location"] = kwargs.pop("in")
         return PAGINATIONS[d["type"]](**kwargs)  # type: ignore[no-any-return]
 
-    def incremental(self, d: dict[str, Any] | None) -> model.Incremental | None:
+    def incremental(self, d: dict[str, Any] | None) -> model.Incremental | model.IncrementalToken | None:
         if d is None:
             return None
+        if "token" in d:
+            return model.IncrementalToken(
+                self.required_expr(("source", "incremental", "token")), d.get("param"),
+                as_url=d.get("as_url", False), reset_on=frozenset(d.get("reset_on", (410,))),
+                reset_when=self.expr(("source", "incremental", "reset_when")),
+            )
         cursor_field = self.required_expr(("source", "incremental", "cursor_field"))
         return model.Incremental(
             cursor_field, d["param"], d.get("initial_value"), lookback=d.get("lookback") or None, order=d.get("order"),

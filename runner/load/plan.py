@@ -17,7 +17,7 @@ from runner import log
 from runner.extract.pagination import PageRequest
 from runner.extract.reader import Page
 from runner.load.apply import PagePlan
-from runner.load.watermark import IncrementalCursor
+from runner.load.watermark import Cursor, SyncToken
 from runner.model import MappingSpec
 from runner.result import Counts
 from runner.state.base import FailedRecord
@@ -57,7 +57,7 @@ class Planner:
     """Maps pages into plans, numbering them on from `pages_before` (the checkpoint's count)."""
 
     def __init__(
-        self, mapping: MappingSpec, *, cursor: IncrementalCursor | None, pages_before: int = 0,
+        self, mapping: MappingSpec, *, cursor: Cursor | None, pages_before: int = 0,
         int_range: tuple[int, int] | None = None,
     ) -> None:
         self._map = Mapper(mapping).map
@@ -71,6 +71,8 @@ class Planner:
         mapped: dict[str, dict[str, Any]] = {}  # external_id -> record
         cursors: dict[str, Any] = {}
         cursor, map_record = self._cursor, self._map
+        if isinstance(cursor, SyncToken):
+            cursor.observe_page(page.token)
         for raw in page.records:
             counts.processed += 1
             value, unreadable = cursor.read(raw) if cursor is not None else (None, None)

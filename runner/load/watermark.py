@@ -1,22 +1,27 @@
-"""The incremental watermark: the greatest cursor value seen, kept as the source wrote it.
+"""The incremental watermark: the greatest cursor value seen, kept as the source wrote it;
+or, in the other form of `incremental`, the sync token the API hands out.
 
 Every value of one watermark must be of the kind of the first (number or
 timestamp, see `runner.timestamps`); a value of another kind is an error
-that names it.
+that names it. A sync token (`SyncToken`) is opaque: the last one seen is
+kept as the API wrote it. Both move only as "When the watermark may move"
+says: after a run that read to the end.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from jmespath.exceptions import JMESPathError
 
-from runner.errors import ResponseError
-from runner.model import Incremental
+from runner.errors import FetchError, ResponseError
+from runner.model import Incremental, IncrementalToken
 from runner.timestamps import Kind, sort_key, step_back
+from runner.transform.expressions import json_kind, truthy
 
-__all__ = ["IncrementalCursor", "Watermark"]
+__all__ = ["Cursor", "IncrementalCursor", "SyncToken", "Watermark", "cursor_for"]
 
 
 class Watermark:
@@ -174,3 +179,133 @@ class IncrementalCursor:
             return greatest
         before = step_back(self._least_failed.value)
         return before if greatest is None else self._greatest.lesser(before)
+
+
+class SyncToken:
+    """The one home of a sync token for one run (Google's `nextSyncToken`, Graph's `@odata.deltaLink`).
+
+    - `params(base)`: the first request's query, with the saved token as `param`.
+    - `first_url`: with `as_url`, the saved token: the URL the run requests first.
+    - `observe_page(value)`: each page's `token` value; the last non-null one wins.
+    - `expired(error)` / `reset()`: the first request was refused as `reset_on` (and
+      `reset_when`) say: the token is dropped and the run reads everything from the start.
+    - `to_save(...)`: the token to save at the run's end, or None to keep the saved one.
+
+    A token moves under the watermark's rule: only after a run that read to the end, with
+    no record failed (a token cannot be held back to a record: the next run reads the same
+    changes again), and not resumed from a checkpoint, unless that run was reset and so
+    read everything from the start.
+    """
+
+    ascending = False  # a limit never moves a token: the run goes on from its checkpoint
+
+    def __init__(self, spec: IncrementalToken, *, saved: Any) -> None:
+        self._spec = spec
+        self._saved = saved
+        self._last: Any = None
+        self._failed = False
+        self.was_reset = False
+
+    @property
+    def first_url(self) -> str | None:
+        if self._spec.as_url and isinstance(self._saved, str):
+            return self._saved
+        return None
+
+    def params(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        params = dict(base)
+        if self._saved is not None and self._spec.param is not None:
+            params[self._spec.param] = self._saved
+        return params
+
+    def expired(self, error: FetchError) -> bool:
+        """Whether `error` (the first request's) says the saved token has expired."""
+        if self._saved is None or error.status not in self._spec.reset_on:
+            return False
+        when = self._spec.reset_when
+        return when is None or truthy(_search(when.search, _error_body(error.detail)))
+
+    def reset(self) -> None:
+        self._saved, self.was_reset = None, True
+
+    def read(self, raw: Any) -> tuple[Any, str | None]:
+        return None, None  # a token is in the page's body, not in its records
+
+    def observe(self, value: Any) -> None:
+        pass
+
+    def observe_page(self, value: Any) -> None:
+        """A page's token; with `as_url` it must be an http(s) URL, which the next run requests."""
+        if value is None:
+            return
+        if self._spec.as_url and not (isinstance(value, str) and value.startswith(("https://", "http://"))):
+            raise ResponseError(
+                f"incremental token {self._spec.token.text!r} gave {json_kind(value)}, not an http(s) URL, "
+                "but as_url is true; point `token` at the URL (e.g. '\"@odata.deltaLink\"') or use `param`"
+            )
+        self._last = value
+
+    def hold_back(self, value: Any) -> None:
+        self._failed = True
+
+    @property
+    def seen(self) -> Any:
+        return self._last
+
+    def to_save(self, *, read_to_end: bool, resumed: bool) -> Any:
+        """The token to save after a successful (or partial) run; None keeps the saved one."""
+        if not read_to_end or self._failed or (resumed and not self.was_reset):
+            return None
+        return self._last
+
+
+Cursor = IncrementalCursor | SyncToken
+
+
+def cursor_for(spec: Incremental | IncrementalToken, *, saved: Any, resumed_from: Any = None) -> Cursor:
+    """The run's cursor for either form of `incremental`."""
+    if isinstance(spec, IncrementalToken):
+        return SyncToken(spec, saved=saved)
+    return IncrementalCursor(spec, saved=saved, resumed_from=resumed_from)
+
+
+def _error_body(detail: str) -> Any:
+    """The error response's JSON body as the FetchError keeps it: an excerpt (its first 200
+    characters), so a longer body is cut short; then the members complete before the cut are
+    kept (Graph's `error.code` and Google's `error.errors[0].reason` come first). Null when
+    the excerpt is no JSON at all."""
+    for text in _json_prefixes(detail):
+        try:
+            return json.loads(text)
+        except ValueError:
+            continue
+    return None
+
+
+def _json_prefixes(text: str) -> list[str]:
+    """`text`, then each prefix that ends before a member separator (outside strings) with
+    its open objects and lists closed, longest first."""
+    closers = {"{": "}", "[": "]"}
+    stack: list[str] = []
+    found = [text]
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in closers:
+            stack.append(closers[char])
+            found.append(text[: i + 1] + "".join(reversed(stack)))
+        elif char in "}]" and stack:
+            stack.pop()
+        elif char == "," and stack:
+            found.append(text[:i] + "".join(reversed(stack)))
+    return [found[0], *reversed(found[1:])]
+
+
+def _search(search: Any, data: Any) -> Any:
+    try:
+        return search(data)
+    except JMESPathError:  # a function given the wrong type: no match
+        return None
