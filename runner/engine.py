@@ -29,7 +29,7 @@ from typing import IO, Any
 import httpx
 
 from runner import log
-from runner.config import load_pipeline
+from runner.config import load_pipeline, templates
 from runner.db import require_postgres_driver
 from runner.errors import EtlError, FetchError, Interrupted, StateError
 from runner.extract.pagination import PageRequest, paginator_for
@@ -40,8 +40,8 @@ from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUn
 from runner.load.apply import PageResult
 from runner.load.plan import Checkpoint, Planner
 from runner.load.process import Setup
-from runner.load.watermark import Cursor, SyncToken, cursor_for
-from runner.model import Pipeline, PostgresTargetConfig, SqliteTargetConfig
+from runner.load.watermark import Cursor, IncrementalCursor, SyncToken, cursor_for
+from runner.model import Pipeline, PostgresTargetConfig, Source, SqliteTargetConfig
 from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
 from runner.state.base import now_iso
@@ -146,6 +146,7 @@ class _Run:
         self.pages = 0  # pages committed (numbered on from a checkpoint)
         self.checkpoint = self._checkpoint()
         self.cursor = self._cursor()
+        self.source = pipeline.source  # with its templates filled, once `_open` ran
         self.client: HttpClient | None = None
         self.reader: SourceReader | None = None
         self.applier: Applier | None = None
@@ -171,7 +172,7 @@ class _Run:
 
     def _open(self) -> None:
         """The client, the applier (which opens the target, or starts the writer), the run row, the reader."""
-        pipeline, source = self.pipeline, self.pipeline.source
+        pipeline, source = self.pipeline, self._filled_source()
         self.client = HttpClient(
             timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
             headers=source.headers, max_response_bytes=source.max_response_bytes,
@@ -191,6 +192,13 @@ class _Run:
             restart=self._token_expired if isinstance(self.cursor, SyncToken) else None,
         )
 
+    def _filled_source(self) -> Source:
+        """The source with its request templates filled: once per run, since the watermark
+        does not move within one; a template that cannot be written fails before any request."""
+        watermark = self.cursor.sent_value() if isinstance(self.cursor, IncrementalCursor) else None
+        self.source = templates.fill(self.pipeline.source, {"watermark": watermark}, file=self.pipeline.file)
+        return self.source
+
     def _start(self) -> PageRequest | None:
         """The first request when it is not the source's: a checkpoint's, or a saved delta URL."""
         if self.checkpoint is not None:
@@ -206,7 +214,7 @@ class _Run:
             return None
         cursor.reset()
         log.event(logger, "incremental.token_reset", level=logging.WARNING, status=error.status, error=str(error))
-        return cursor.params(self.pipeline.source.params)
+        return cursor.params(self.source.params)
 
     def _pump(self) -> None:
         """Pages from the reader (fetched ahead) through the planner to the applier."""

@@ -11,11 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jmespath.parser import ParsedResult
 
 from runner.transform import expressions
+
+if TYPE_CHECKING:  # templates.py builds on this module
+    from runner.config.templates import Template
 
 
 class Secret:
@@ -288,6 +291,8 @@ class Source:
     incremental: Incremental | IncrementalToken | None = None
     concurrency: int = 4  # pages in flight for `page` and `offset`
     max_response_bytes: int = 50 * 1024 * 1024
+    # `{{ EXPR }}` in params, headers and json, compiled at load; the engine fills them per run
+    templates: tuple[Template, ...] = ()
 
 
 # --- mapping -------------------------------------------------------------------

@@ -33,7 +33,7 @@ from runner import model
 
 from runner.transform import functions
 
-from runner.config import yamlpos
+from runner.config import templates, yamlpos
 from runner.errors import ConfigError, Problem
 from runner.config.interpolate import interpolate
 from runner.config.lint import lint
@@ -157,6 +157,7 @@ class _Analysis:
     data: Any = None
     compiled: dict[KeyPath, ParsedResult] = field(default_factory=dict)
     env_values: dict[KeyPath, list[str]] = field(default_factory=dict)
+    templates: list[templates.Template] = field(default_factory=list)
 
 
 def _analyse(
@@ -184,9 +185,11 @@ def _analyse(
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
     _source_problems(values.data, report)
-    _incremental_problems(values.data, report)
+    found_templates, broken = _templates(values.data, report, unchecked)
+    sends = broken or any(t.uses("watermark") for t in found_templates)
+    _incremental_problems(values.data, report, watermark_in_templates=sends)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
-    return _Analysis(file, _unique(report.problems), values.data, compiled, values.used)
+    return _Analysis(file, _unique(report.problems), values.data, compiled, values.used, found_templates)
 
 
 def _read(file: str, report: _Report) -> str | None:
@@ -305,6 +308,49 @@ def _function_names(node: Any) -> Iterable[str]:
         yield from _function_names(child)
 
 
+def _templates(data: Any, report: _Report, unchecked: set[KeyPath]) -> tuple[list[templates.Template], bool]:
+    """Every `{{ EXPR }}` string, compiled; and whether one was broken. Walked with a stack."""
+    found: list[templates.Template] = []
+    broken = False
+    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, index), item) for index, item in enumerate(value))
+        elif isinstance(value, str) and templates.OPEN in value and path not in unchecked:
+            if not _template_place(path):
+                report.add(path, "templates are filled only in source.params, source.headers and source.json")
+                continue
+            template = _template(value, path, report)
+            broken = broken or template is None
+            found.extend([template] if template is not None else [])
+    return sorted(found, key=lambda t: (t.line, t.column)), broken
+
+
+def _template_place(path: KeyPath) -> bool:
+    if path[:1] != ("source",) or len(path) < 2 or path[1] not in templates.BLOCKS:
+        return False
+    return path[1] == "json" or len(path) == 3
+
+
+def _template(text: str, path: KeyPath, report: _Report) -> templates.Template | None:
+    try:
+        pieces = templates.split(text)
+    except templates.TemplateSyntaxError as exc:
+        report.add(path, f"{exc} in {text!r}")
+        return None
+    parts: list[str | model.Expr] = []
+    for is_expression, piece in pieces:
+        parsed = _compile(piece, path, report) if is_expression else None
+        if is_expression and parsed is None:
+            return None
+        parts.append(model.Expr(piece, parsed, key=dotted(path)) if parsed is not None else piece)
+    line, column = report.doc.where(path)
+    return templates.Template(path[1:], tuple(parts), line, column)
+
+
 def _placeholder_problems(data: Any, report: _Report) -> None:
     for operation, allowed in PLACEHOLDERS.items():
         path = ("target", operation, "path")
@@ -362,9 +408,10 @@ _WATERMARK_ONLY = ("initial_value", "lookback", "order")
 _TOKEN_ONLY = ("as_url", "reset_on", "reset_when")
 
 
-def _incremental_problems(data: Any, report: _Report) -> None:
-    """`incremental` is one of two forms: a record field (`cursor_field` + `param`) or a sync
-    token (`token` + `param` or `as_url: true`); each form's own keys only with it."""
+def _incremental_problems(data: Any, report: _Report, *, watermark_in_templates: bool) -> None:
+    """`incremental` is one of two forms: a record field (`cursor_field` + `param` or a
+    `{{ watermark }}` template) or a sync token (`token` + `param` or `as_url: true`); each
+    form's own keys only with it."""
     spec = _get(data, ("source", "incremental"))
     if not isinstance(spec, dict) or ("cursor_field" in spec and "token" in spec):
         return
@@ -378,6 +425,11 @@ def _incremental_problems(data: Any, report: _Report) -> None:
         for key in (k for k in _TOKEN_ONLY if k in spec):
             report.add((*base, key), f"'{key}' belongs to the sync-token form; add 'token' instead of 'cursor_field', "
                        "or remove it", key=True)
+        if "cursor_field" in spec and "param" not in spec and not watermark_in_templates:
+            report.add(
+                base, "missing required key 'param' in source.incremental, and no template in params, headers "
+                "or json reads '{{ watermark }}': the watermark is never sent", key=True,
+            )
         return
     for key in (k for k in _WATERMARK_ONLY if k in spec):
         report.add((*base, key), f"'{key}' belongs to the record-field form (cursor_field); a sync token is "
@@ -476,6 +528,7 @@ class _Builder:
             limits=_numbers(model.Limits, d.get("limits", {}), floats={"max_seconds"}),
             incremental=self.incremental(d.get("incremental")),
             **{k: d[k] for k in ("concurrency", "max_response_bytes") if k in d},
+            templates=tuple(self.found.templates),
         )
 
     def pagination(self, d: dict[str, Any]) -> model.Pagination:
@@ -497,7 +550,8 @@ class _Builder:
             )
         cursor_field = self.required_expr(("source", "incremental", "cursor_field"))
         return model.Incremental(
-            cursor_field, d["param"], d.get("initial_value"), lookback=d.get("lookback") or None, order=d.get("order"),
+            cursor_field, d.get("param"), d.get("initial_value"),
+            lookback=d.get("lookback") or None, order=d.get("order"),
         )
 
     def mapping(self) -> model.MappingSpec:

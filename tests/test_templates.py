@@ -1,0 +1,179 @@
+"""Request templates: `{{ EXPR }}` in source.params, source.headers and source.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runner.config import check_file, load_pipeline
+from runner.engine import run
+from runner.errors import ConfigError
+from runner.state import open_store
+
+PIPELINE = """\
+version: 1
+name: tickets
+source:
+  url: https://jira.test/rest/api/2/search
+{source}
+mapping:
+  external_id: key
+  fields:
+    updated: updated
+target:
+  type: sqlite
+  path: {tmp}/out.db
+  table: tickets
+state:
+  path: {tmp}/state.db
+"""
+
+JQL = """\
+  records: issues
+  params:
+    jql: "project = OPS AND updated >= '{{ watermark }}'"
+  incremental: {cursor_field: updated, initial_value: '2024-01-01T00:00:00Z'}"""
+
+
+def write(tmp_path: Path, source: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(PIPELINE.format(source=source, tmp=tmp_path))
+    return path
+
+
+class Api:
+    """A search API that records every request and answers with `issues`."""
+
+    def __init__(self, issues: list[dict[str, Any]] | None = None) -> None:
+        self.issues = issues or []
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json={"issues": self.issues})
+
+    def body(self, index: int = 0) -> Any:
+        return json.loads(self.requests[index].content)
+
+
+def test_jql_param_carries_the_initial_value_then_the_saved_watermark(tmp_path: Path) -> None:
+    """A template inside a JQL string sends initial_value on the first run and the saved watermark on the next."""
+    path = write(tmp_path, JQL)
+    api = Api([{"key": "OPS-1", "updated": "2024-03-01T10:00:00Z"}])
+    first = run(path, transport=httpx.MockTransport(api))
+    assert first.status == "success"
+    assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '2024-01-01T00:00:00Z'"
+    store = open_store(load_pipeline(path).state, read_only=True)
+    try:
+        assert store.watermark("tickets") == "2024-03-01T10:00:00Z"
+    finally:
+        store.close()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.requests[1].url.params["jql"] == "project = OPS AND updated >= '2024-03-01T10:00:00Z'"
+
+
+def test_exact_template_in_json_keeps_a_number_a_number(tmp_path: Path) -> None:
+    """A JSON string that is exactly one template takes the value's JSON type; a longer one writes it as text."""
+    path = write(tmp_path, """\
+  method: POST
+  records: issues
+  json: {filter: {since: '{{ watermark }}', label: 'after {{ watermark }}'}, size: 10}
+  incremental: {cursor_field: updated, initial_value: 1700000000}""")
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.body() == {"filter": {"since": 1700000000, "label": "after 1700000000"}, "size": 10}
+
+
+def test_exact_template_that_is_null_leaves_the_key_out(tmp_path: Path) -> None:
+    """With no watermark and no initial value, an exact template's param, header and JSON key are not sent."""
+    path = write(tmp_path, """\
+  method: POST
+  records: issues
+  params: {since: '{{ watermark }}', state: all}
+  headers: {X-Since: '{{ watermark }}'}
+  json: {since: '{{ watermark }}', size: 10}
+  incremental: {cursor_field: updated}""")
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    request = api.requests[0]
+    assert dict(request.url.params) == {"state": "all"}
+    assert "x-since" not in request.headers
+    assert api.body() == {"size": 10}
+
+
+def test_exact_template_in_a_header_is_written_as_text(tmp_path: Path) -> None:
+    """A number from an exact template goes in a header as its JSON text."""
+    path = write(tmp_path, """\
+  records: issues
+  headers: {X-Since: '{{ watermark }}'}
+  incremental: {cursor_field: updated, initial_value: 42}""")
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.requests[0].headers["x-since"] == "42"
+
+
+def test_null_inside_a_longer_string_fails_before_any_request(tmp_path: Path) -> None:
+    """A null watermark inside a JQL string is a configuration error (exit 2), and nothing is requested."""
+    path = write(tmp_path, JQL.replace(", initial_value: '2024-01-01T00:00:00Z'", ""))
+    api = Api()
+    with pytest.raises(ConfigError) as caught:
+        run(path, transport=httpx.MockTransport(api))
+    assert caught.value.exit_code == 2
+    assert "give incremental.initial_value or a default with ||" in str(caught.value)
+    assert f"{path}:7:10: source.params.jql:" in str(caught.value)
+    assert api.requests == []
+
+
+def test_a_default_with_or_fills_a_null_watermark(tmp_path: Path) -> None:
+    """`watermark || '...'` gives a longer string a value when there is no watermark yet."""
+    path = write(tmp_path, JQL.replace("{{ watermark }}", "{{ watermark || '1970-01-01' }}").replace(
+        ", initial_value: '2024-01-01T00:00:00Z'", ""))
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '1970-01-01'"
+
+
+def test_format_date_works_inside_a_template(tmp_path: Path) -> None:
+    """Functions work in templates: format_date writes the watermark as JQL's date."""
+    path = write(tmp_path, JQL.replace("{{ watermark }}", "{{ format_date(watermark, '%Y-%m-%d') }}"))
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '2024-01-01'"
+
+
+def test_a_template_without_param_is_how_the_watermark_is_sent(tmp_path: Path) -> None:
+    """`incremental.param` may be left out when a template reads the watermark."""
+    assert check_file(write(tmp_path, JQL), env={}) == []
+
+
+INVALID = [
+    ("unclosed", "  records: issues\n  params: {jql: 'updated >= {{ watermark'}\n"
+     "  incremental: {cursor_field: updated, param: since}",
+     "has no closing '}}'", 6, 17),
+    ("bad-expression", "  records: issues\n  headers: {X-Since: '{{ watermark[ }}'}\n"
+     "  incremental: {cursor_field: updated, param: since}",
+     "invalid JMESPath 'watermark['", 6, 22),
+    ("unknown-function", "  records: issues\n  json: {q: ['{{ fmt(watermark) }}']}\n"
+     "  incremental: {cursor_field: updated, param: since}",
+     "unknown JMESPath function 'fmt()'", 6, 14),
+    ("elsewhere", "  records: issues\n  pagination: {type: cursor, path: next, param: 'p{{ watermark }}'}",
+     "templates are filled only in source.params, source.headers and source.json", 6, 49),
+    ("never-sent", "  records: issues\n  params: {jql: 'project = OPS'}\n  incremental: {cursor_field: updated}",
+     "the watermark is never sent", 7, 3),
+]
+
+
+@pytest.mark.parametrize(("source", "message", "line", "column"), [c[1:] for c in INVALID],
+                         ids=[c[0] for c in INVALID])
+def test_invalid_template_is_reported_at_its_line(
+    tmp_path: Path, source: str, message: str, line: int, column: int
+) -> None:
+    """Each broken template is one validation error at the key's line and column."""
+    found = [p for p in check_file(write(tmp_path, source), env={}) if p.severity == "error"]
+    assert len(found) == 1, [str(p) for p in found]
+    assert message in found[0].message
+    assert (found[0].line, found[0].column) == (line, column)
