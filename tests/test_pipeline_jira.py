@@ -1,12 +1,14 @@
 """pipelines/jira.yaml against a local server that behaves as Jira Cloud's enhanced search:
 `GET /rest/api/3/search/jql` pages by `nextPageToken` and says `isLast`; the old
-`/rest/api/3/search` answers 410 Gone (Atlassian removed it); every request needs Basic auth."""
+`/rest/api/3/search` answers 410 Gone (Atlassian removed it); every request needs Basic auth;
+the JQL's `updated >= 'yyyy-MM-dd HH:mm'` filters (a JQL it cannot parse is a 400, as Jira's)."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,6 +22,7 @@ from runner.model import JsonlTargetConfig, StateConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EMAIL, TOKEN = "dev@example.com", "jira-api-token-123"
+JQL = re.compile(r"project = OPS AND updated >= '(\d{4}-\d{2}-\d{2} \d{2}:\d{2})' ORDER BY updated ASC")
 
 
 class _Handler(Handler):
@@ -38,10 +41,11 @@ class JiraSearch(LocalServer):
             {"id": str(10000 + n), "key": f"OPS-{n}",
              "fields": {"summary": f"issue {n}", "status": {"name": "Open"}, "assignee": None,
                         "priority": {"name": "High"}, "created": "2024-01-01T00:00:00.000+0000",
-                        "updated": f"2024-02-01T00:00:{n % 60:02d}.000+0000"}}
+                        "updated": f"2024-{1 if n <= 100 else 2:02d}-01T00:00:{n % 60:02d}.000+0000"}}
             for n in range(1, 251)
         ]
         self.requests: list[str] = []
+        self.jql: list[str] = []
 
     def handle(self, handler: Handler) -> None:
         self.requests.append(handler.path)
@@ -60,10 +64,17 @@ class JiraSearch(LocalServer):
         if "startAt" in query:  # the enhanced search pages by token only
             handler.send_reply(400, b'{"errorMessages": ["startAt is not supported; use nextPageToken"]}')
             return
+        match = JQL.fullmatch(query.get("jql", ""))
+        if match is None:
+            handler.send_reply(400, b'{"errorMessages": ["Error in the JQL Query"]}')
+            return
+        self.jql.append(query["jql"])
+        since = match.group(1).replace(" ", "T") + ":00.000+0000"
+        issues = [i for i in self.issues if i["fields"]["updated"] >= since]
         size = min(int(query.get("maxResults", "50")), 100)
         start = int(query.get("nextPageToken", "0"))
-        chunk = self.issues[start : start + size]
-        last = start + size >= len(self.issues)
+        chunk = issues[start : start + size]
+        last = start + size >= len(issues)
         body: dict[str, Any] = {"issues": chunk, "isLast": last}
         if not last:
             body["nextPageToken"] = str(start + size)
@@ -84,10 +95,18 @@ def test_the_shipped_jira_pipeline_reads_every_issue_through_the_enhanced_search
             pipeline, target=JsonlTargetConfig(str(out)), state=StateConfig(path=tmp_path / "state.db")
         )
         result = run(local)
-    assert (result.status, result.counts.created, result.requests) == ("success", 250, 3)
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sorted(int(line["record"]["key"].split("-")[1]) for line in lines) == list(range(1, 251))
-    assert all(r.startswith("/rest/api/3/search/jql?") for r in server.requests)
+        assert (result.status, result.counts.created, result.requests) == ("success", 250, 3)
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted(int(line["record"]["key"].split("-")[1]) for line in lines) == list(range(1, 251))
+        assert all(r.startswith("/rest/api/3/search/jql?") for r in server.requests)
+        # initial_value less the 60 s lookback
+        assert server.jql[0] == "project = OPS AND updated >= '1999-12-31 23:59' ORDER BY updated ASC"
+        server.issues[6]["fields"]["updated"] = "2024-02-01T00:05:00.000+0000"  # OPS-7 changes
+        again = run(local)
+    # the saved watermark (the greatest updated, 2024-02-01 00:00:59) less the 60 s lookback went into
+    # the JQL: the 100 issues of January are not read again, and of the 151 read only OPS-7 is written
+    assert server.jql[-1] == "project = OPS AND updated >= '2024-01-31 23:59' ORDER BY updated ASC"
+    assert (again.counts.processed, again.counts.created, again.counts.updated) == (151, 0, 1)
 
 
 def test_the_removed_search_endpoint_is_gone() -> None:
