@@ -1,5 +1,5 @@
-"""Test doubles shared by several test files: a clock that moves only when code sleeps, and an
-HttpClient that runs on it."""
+"""Test doubles shared by several test files: a clock that moves only when code sleeps, an
+HttpClient that runs on it, and a compiled expression as the config loader makes one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import random
 import threading
 from typing import Any
 
+import jmespath
+
 from runner.http.client import HttpClient
-from runner.model import Retry, Timeout
+from runner.model import Expr, Retry, Timeout
 
 WALL = 1_700_000_000.0
 
@@ -42,3 +44,8 @@ def fake_client(fake: FakeTime, *, seed: int, **overrides: Any) -> HttpClient:
         "wall_clock": fake.wall, "rng": random.Random(seed),
     }
     return HttpClient(**{**options, **overrides})
+
+
+def expr(text: str) -> Expr:
+    """A JMESPath expression compiled as the config loader compiles one."""
+    return Expr(text, jmespath.compile(text))

@@ -8,14 +8,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import jmespath
 import pytest
 
 from conftest import whole, write_pipeline_file
+from fakes import expr
 from runner.config import load_pipeline
 from runner.engine import run
 from runner.load.watermark import Watermark
-from runner.model import Expr, MappingSpec
+from runner.model import MappingSpec
 from runner.state import open_store
 from runner.timestamps import parse_timestamp, sort_key, step_back
 from runner.transform.mapping import Failed, Mapped, Mapper
@@ -100,10 +100,6 @@ def test_step_back_keeps_iso_and_numbers_in_their_own_form() -> None:
     assert step_back("2024-05-01T12:00:00.120Z", 60) == "2024-05-01T11:59:00.120Z"
     assert step_back(1709664813) == 1709664812
     assert sort_key(1709664813) == ("number", 1709664813)
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 def mapper(**fields: str) -> Mapper:

@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-import jmespath
 import pytest
 
+from fakes import expr
 from runner import config, log
 from runner.dev.localserver import Handler, LocalServer
 from runner.extract.reader import SourceReader
@@ -33,7 +33,6 @@ from runner.model import (
     Auth,
     BasicAuth,
     BearerAuth,
-    Expr,
     HttpOperation,
     HttpTargetConfig,
     LinkHeaderPagination,
@@ -139,10 +138,6 @@ def read_all(home: Api, auth: Auth, way: str) -> list[Any]:
     with client(auth) as http:
         reader = SourceReader(source=source, send=http.send, params={})
         return [r["id"] for page in reader.pages() for r in page.records]
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 def credentials_in(seen: Seen) -> list[str]:

@@ -9,7 +9,8 @@ from typing import Any
 import jmespath
 import pytest
 
-from runner.model import Expr, MappingSpec
+from fakes import expr
+from runner.model import MappingSpec
 from runner.transform import functions
 from runner.transform.mapping import Failed, Mapped, Mapper, key_string
 
@@ -17,10 +18,6 @@ from runner.transform.mapping import Failed, Mapped, Mapper, key_string
 def map_record(spec: MappingSpec, raw: Any) -> Mapped | Failed | None:
     """Map one record with a Mapper built for `spec`."""
     return Mapper(spec).map(raw)
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 def spec(external_id: str = "to_string(id)", filter: str | None = None, **fields: str) -> MappingSpec:

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any, get_args
 
 import httpx
-import jmespath
 import pytest
 
+from fakes import expr
 from runner import model
 from runner.errors import ResponseError
 from runner.model import (
     CursorPagination,
-    Expr,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -34,10 +33,6 @@ from runner.extract.pagination import (
 
 ROOT = Path(__file__).resolve().parent.parent
 URL = "https://api.example.com/v1/items"
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 def response(headers: dict[str, str] | list[tuple[str, str]] | None = None) -> httpx.Response:

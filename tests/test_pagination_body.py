@@ -7,16 +7,15 @@ import json
 from typing import Any
 
 import httpx
-import jmespath
 import pytest
 import respx
 
+from fakes import expr
 from runner.extract.pagination import PageRequest, Paginator, paginator_for, parse_links
 from runner.extract.reader import SourceReader
 from runner.load.plan import Checkpoint
 from runner.model import (
     CursorPagination,
-    Expr,
     LinkHeaderPagination,
     NextUrlPagination,
     NoPagination,
@@ -27,10 +26,6 @@ from runner.model import (
 )
 
 URL = "https://api.example.com/graphql"
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 def step(paginator: Paginator, request: PageRequest, body: Any = None, records: list[Any] | None = None,

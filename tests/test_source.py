@@ -10,14 +10,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import jmespath
 import pytest
 import respx
 
+from fakes import expr
 from runner.errors import FetchError, PaginationLoopError, ResponseError
 from runner.model import (
     CursorPagination,
-    Expr,
     Limits,
     LinkHeaderPagination,
     NextUrlPagination,
@@ -30,10 +29,6 @@ from runner.extract.pagination import PageRequest
 from runner.extract.reader import Page, SourceReader
 
 URL = "https://api.example.com/items"
-
-
-def expr(text: str) -> Expr:
-    return Expr(text, jmespath.compile(text))
 
 
 @pytest.fixture
