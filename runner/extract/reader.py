@@ -191,9 +191,9 @@ class SourceReader:
     def _fetch(self, request: PageRequest) -> _Fetched:
         source = self.source
         extra: dict[str, Any] = {}
-        body = request.json_body(source.json)
-        if body is not None:
-            extra["json"] = body
+        payload = request.json_body(source.json)
+        if payload is not None:
+            extra["json"] = payload
         if request.headers:
             extra["headers"] = request.headers
         judge = None if source.retry_when is None else _RetryWhen(source.retry_when, source.method)
