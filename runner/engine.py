@@ -88,11 +88,16 @@ def run(
     stdout: IO[str] | None = None,
     stop: StopFlag | None = None,
     on_progress: Progress | None = None,
+    source_transport: httpx.BaseTransport | None = None,
+    store: StateStore | None = None,
 ) -> RunResult:
     """Run one pipeline; return its RunResult, or raise EtlError (with `.result`) when it fails.
 
     `transport` and `sleep` are seams for tests (no real network, no real waiting).
     `stop` is set by a signal handler to end the run after the page in hand.
+    `source_transport` carries the source's requests only, not the http target's (recording
+    and replaying them: `runner.authoring`); `store`, when given, is used instead of the
+    configured state store, and closed at the end like it.
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
@@ -103,12 +108,14 @@ def run(
     started = time.monotonic()
     with log.run_context(run_id=run_id, pipeline=pipeline.name):
         try:
-            store = open_store(pipeline.state, read_only=dry_run)
+            store = open_store(pipeline.state, read_only=dry_run) if store is None else store
         except EtlError as exc:
             raise _unstarted(exc, run_id, pipeline.name, dry_run, started) from None
         try:
             with store.lock(pipeline.name, run_id):
-                options = _Options(dry_run, full_refresh, restart, transport, sleep, stdout or sys.stdout)
+                options = _Options(
+                    dry_run, full_refresh, restart, transport, sleep, stdout or sys.stdout, source_transport
+                )
                 return _Run(pipeline, store, run_id, options, stop or StopFlag(), on_progress, started).execute()
         except EtlError as exc:
             if exc.result is None:  # the lock, or the store before the run began
@@ -121,14 +128,15 @@ def run(
 class _Options:
     """How `run()` was asked to run; fixed for the run."""
 
-    __slots__ = ("dry_run", "full_refresh", "restart", "sleep", "stdout", "transport")
+    __slots__ = ("dry_run", "full_refresh", "restart", "sleep", "source_transport", "stdout", "transport")
 
     def __init__(
         self, dry_run: bool, full_refresh: bool, restart: bool, transport: httpx.BaseTransport | None,
-        sleep: Callable[[float], None], stdout: IO[str],
+        sleep: Callable[[float], None], stdout: IO[str], source_transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.dry_run, self.full_refresh, self.restart = dry_run, full_refresh, restart
         self.transport, self.sleep, self.stdout = transport, sleep, stdout
+        self.source_transport = source_transport or transport
 
 
 class _Run:
@@ -176,7 +184,7 @@ class _Run:
         self.client = HttpClient(
             timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
             headers=source.headers, max_response_bytes=source.max_response_bytes,
-            transport=self.options.transport, sleep=self._wait,
+            transport=self.options.source_transport, sleep=self._wait,
             # credentials go to the source's own origin (not a resumed next URL's), and no
             # request or wait runs past limits.max_seconds
             origin=source.url, deadline=self.started + source.limits.max_seconds,

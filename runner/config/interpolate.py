@@ -39,6 +39,25 @@ def interpolate(data: Any, env: Mapping[str, str], *, plain: Container[KeyPath] 
     return result
 
 
+def variable_names(data: Any) -> dict[KeyPath, list[str]]:
+    """The names of the variables each string of `data` refers to (`${A}`, `${B:-x}`), by key path,
+    whether set or not: what `--record` saves and `etl test` must fill (`runner.authoring`)."""
+    found: dict[KeyPath, list[str]] = {}
+    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*path, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*path, i), v) for i, v in enumerate(value))
+        elif isinstance(value, str) and "${" in value:
+            names = [m.group("name") for t in _TOKEN.finditer(value) if t.group("close")
+                     and (m := _BODY.fullmatch(t.group("body") or "")) is not None]
+            if names:
+                found[path] = names
+    return found
+
+
 def _walk(
     value: Any, path: KeyPath, env: Mapping[str, str], plain: Container[KeyPath], result: Result
 ) -> Any:

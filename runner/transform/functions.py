@@ -17,6 +17,8 @@ through parse_date with its strptime format.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,20 @@ if TYPE_CHECKING:  # an argument's accepted types: a TypedDict that exists only 
 
 _STR: _Signature = {"types": ["string", "null"]}
 _DATE: _Signature = {"types": ["string", "number", "null"]}
+
+
+_frozen_now: datetime | None = None  # set by `frozen_now`: `etl test` replays at the recording's time
+
+
+@contextlib.contextmanager
+def frozen_now(moment: datetime) -> Iterator[None]:
+    """`now()` returns `moment` inside the block (process-wide; offline tests run one at a time)."""
+    global _frozen_now
+    before, _frozen_now = _frozen_now, moment
+    try:
+        yield
+    finally:
+        _frozen_now = before
 
 
 def _instant(value: Any) -> datetime:
@@ -92,7 +108,7 @@ class EtlFunctions(jp.Functions):
 
     @jp.signature()
     def _func_now(self) -> str:
-        return _iso(datetime.now(timezone.utc))
+        return _iso(_frozen_now or datetime.now(timezone.utc))
 
     @jp.signature({"types": [], "variadic": True})
     def _func_coalesce(self, *values: Any) -> Any:
