@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.config import check_file, load_pipeline
+from runner.config import check_file, load_pipeline, templates
 from runner.engine import run
 from runner.errors import ConfigError
 from runner.state import open_store
@@ -161,7 +161,7 @@ INVALID = [
      "  incremental: {cursor_field: updated, param: since}",
      "unknown JMESPath function 'fmt()'", 6, 14),
     ("elsewhere", "  records: issues\n  pagination: {type: cursor, path: next, param: 'p{{ watermark }}'}",
-     "templates are filled only in source.params, source.headers and source.json", 6, 49),
+     "templates are filled only in url, path, params, headers and json", 6, 49),
     ("never-sent", "  records: issues\n  params: {jql: 'project = OPS'}\n  incremental: {cursor_field: updated}",
      "the watermark is never sent", 7, 3),
 ]
@@ -177,3 +177,148 @@ def test_invalid_template_is_reported_at_its_line(
     assert len(found) == 1, [str(p) for p in found]
     assert message in found[0].message
     assert (found[0].line, found[0].column) == (line, column)
+
+
+# --- templates in the URL, on any context, and what a template is not --------------------------
+
+
+def write_url(tmp_path: Path, url_lines: str, source: str) -> Path:
+    """A pipeline whose `url:` line is replaced by `url_lines` (a url, or base_url + path)."""
+    path = write(tmp_path, source)
+    path.write_text(path.read_text().replace("  url: https://jira.test/rest/api/2/search\n", url_lines))
+    return path
+
+
+def test_a_watermark_in_the_url_path_is_one_percent_encoded_segment(tmp_path: Path) -> None:
+    """`/`, space and `?` in a value that lands in the URL's path are escaped: it stays one segment."""
+    path = write_url(tmp_path, "  url: 'https://jira.test/boards/{{ watermark }}/issues?x=1'\n", """\
+  records: issues
+  incremental: {cursor_field: updated, initial_value: 'a/b c?d'}""")
+    api = Api()
+    assert run(path, transport=httpx.MockTransport(api)).status == "success"
+    assert api.requests[0].url.raw_path == b"/boards/a%2Fb%20c%3Fd/issues?x=1"
+
+
+@pytest.mark.parametrize("written", ["/v2/{{ watermark }}/issues", "{{ watermark }}/issues"])
+def test_a_template_in_path_is_joined_to_base_url(tmp_path: Path, written: str) -> None:
+    """base_url + path with a template: joined with one slash, the value encoded, the number as text."""
+    path = write_url(tmp_path, f"  base_url: https://jira.test/api/\n  path: '{written}'\n", """\
+  records: issues
+  incremental: {cursor_field: updated, initial_value: 7}""")
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    expected = b"/api/v2/7/issues" if written.startswith("/v2") else b"/api/7/issues"
+    assert api.requests[0].url.raw_path == expected
+
+
+def test_a_null_watermark_in_the_url_is_a_configuration_error(tmp_path: Path) -> None:
+    """Even an exact template cannot leave a URL segment out: null there is exit 2, before any request."""
+    path = write_url(tmp_path, "  url: 'https://jira.test/boards/{{ watermark }}'\n", """\
+  records: issues
+  incremental: {cursor_field: updated}""")
+    api = Api()
+    with pytest.raises(ConfigError) as caught:
+        run(path, transport=httpx.MockTransport(api))
+    assert caught.value.exit_code == 2 and api.requests == []
+    assert "source.url: '{{ watermark }}' is null, and a value in the URL needs a string or a number" in str(
+        caught.value)
+
+
+PARENT = """\
+  records: issues
+  params: {q: 'issue = {{ _parent.key }}', since: '{{ _parent.since }}'}
+  json: {ids: '{{ _parent.ids }}'}"""
+
+
+def test_fill_takes_any_context_name(tmp_path: Path) -> None:
+    """`_parent` (a child resource's context) fills url, params and json as `watermark` does."""
+    path = write_url(tmp_path, "  base_url: https://jira.test\n  path: '/issues/{{ _parent.key }}/comments'\n",
+                     PARENT)
+    source = templates.fill(load_pipeline(path).source, {"_parent": {"key": "OPS/1", "ids": [1, 2]}})
+    assert source.url == "https://jira.test/issues/OPS%2F1/comments"
+    assert dict(source.params) == {"q": "issue = OPS/1"}  # the exact null left `since` out
+    assert source.json == {"ids": [1, 2]} and source.templates == ()
+
+
+@pytest.mark.parametrize(("parent", "key", "kind"), [
+    ({"key": None}, "source.url", "null"),
+    ({"key": "OPS-1", "extra": 1}, "source.params.q", "an object"),
+])
+def test_a_parent_value_that_cannot_be_written_is_a_template_value_error(
+    tmp_path: Path, parent: dict[str, Any], key: str, kind: str
+) -> None:
+    """Not a ConfigError: a TemplateValueError naming the key and the template, so that only
+    that parent's children fail."""
+    path = write_url(tmp_path, "  url: 'https://jira.test/issues/{{ _parent.key }}'\n",
+                     "  records: issues\n  params: {q: 'in {{ _parent }}'}")
+    source = load_pipeline(path).source
+    with pytest.raises(templates.TemplateValueError) as caught:
+        templates.fill(source, {"_parent": parent})
+    assert not isinstance(caught.value, ConfigError)
+    assert (caught.value.key, caught.value.exit_code) == (key, 1)
+    template = "{{ _parent.key }}" if key == "source.url" else "{{ _parent }}"
+    assert caught.value.template == template
+    assert str(caught.value).startswith(f"{key}: '{template}' is {kind}, and ")
+
+
+def test_a_template_reading_watermark_and_parent_is_the_parents_fault(tmp_path: Path) -> None:
+    """An expression that reads a run-time name is that context's error even beside `watermark`."""
+    path = write(tmp_path, "  records: issues\n  params: {q: 'x {{ _parent.a || watermark }}'}\n"
+                 "  incremental: {cursor_field: updated}")
+    with pytest.raises(templates.TemplateValueError):
+        templates.fill(load_pipeline(path).source, {"watermark": None, "_parent": {}})
+
+
+@pytest.mark.parametrize(("text", "pieces"), [
+    ("a {{ join('}}', x) }} b", [(False, "a "), (True, "join('}}', x)"), (False, " b")]),
+    ('{{ "}}" }}', [(True, '"}}"')]),
+    ("{{ `\"}}\"` }}!", [(True, '`"}}"`'), (False, "!")]),
+    ("{{ 'it\\'s }}' }}", [(True, "'it\\'s }}'")]),
+    ("{{ {a: b}}}", [(True, "{a: b}")]),
+    ("x {{ a }}}", [(False, "x "), (True, "a"), (False, "}")]),
+])
+def test_split_ends_a_template_at_its_own_closing_braces(text: str, pieces: list[tuple[bool, str]]) -> None:
+    """A `}}` in a quoted literal, or closing the expression's own braces, does not end the template."""
+    assert templates.split(text) == pieces
+
+
+def test_an_unclosed_quote_leaves_the_template_unclosed() -> None:
+    """`{{ 'a }}` has no `}}` outside its quote: a syntax error, not a half template."""
+    with pytest.raises(templates.TemplateSyntaxError, match=r"'\{\{' at character 3 has no closing"):
+        templates.split("x {{ 'a }}")
+
+
+def test_a_closing_brace_in_a_quoted_literal_is_sent_whole(tmp_path: Path) -> None:
+    """End to end: `join('}}', ...)` inside a JQL template writes the literal `}}`."""
+    path = write(tmp_path, JQL.replace("{{ watermark }}", "{{ join('}}', [watermark, 'z']) }}"))
+    api = Api()
+    run(path, transport=httpx.MockTransport(api))
+    assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '2024-01-01T00:00:00Z}}z'"
+
+
+def test_an_environment_value_is_never_a_template(tmp_path: Path) -> None:
+    """`${VAR}` whose value holds `{{ ... }}` is sent as written, beside a real template, and is no
+    validation error where templates are not allowed (env values are data, not code)."""
+    path = write(tmp_path, """\
+  records: issues
+  params: {q: '${Q} and {{ watermark }}', raw: '${Q}'}
+  headers: {X-Note: '${NOTE}'}
+  incremental: {cursor_field: updated, initial_value: 'w'}""")
+    text = path.read_text().replace("name: tickets", "name: tickets\ndescription: '${NOTE}'")
+    path.write_text(text)
+    env = {"Q": "{{ watermark }}", "NOTE": "{{ unclosed"}
+    assert check_file(path, env=env) == []
+    api = Api()
+    run(path, env=env, transport=httpx.MockTransport(api))
+    request = api.requests[0]
+    assert dict(request.url.params) == {"q": "{{ watermark }} and w", "raw": "{{ watermark }}"}
+    assert request.headers["x-note"] == "{{ unclosed"
+
+
+def test_an_environment_value_fills_an_expression_as_text(tmp_path: Path) -> None:
+    """`${VAR}` inside `{{ }}` is filled before the expression compiles (as in every JMESPath key)."""
+    path = write(tmp_path, JQL.replace("{{ watermark }}", "{{ watermark || '${SINCE}' }}").replace(
+        ", initial_value: '2024-01-01T00:00:00Z'", ""))
+    api = Api()
+    run(path, env={"SINCE": "2023-06-01"}, transport=httpx.MockTransport(api))
+    assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '2023-06-01'"

@@ -185,7 +185,7 @@ def _analyse(
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
     _source_problems(values.data, report)
-    found_templates, broken = _templates(values.data, report, unchecked)
+    found_templates, broken = _templates(doc.data, values.data, variables, report, unchecked)
     sends = broken or any(t.uses("watermark") for t in found_templates)
     _incremental_problems(values.data, report, watermark_in_templates=sends)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
@@ -308,11 +308,17 @@ def _function_names(node: Any) -> Iterable[str]:
         yield from _function_names(child)
 
 
-def _templates(data: Any, report: _Report, unchecked: set[KeyPath]) -> tuple[list[templates.Template], bool]:
-    """Every `{{ EXPR }}` string, compiled; and whether one was broken. Walked with a stack."""
+def _templates(
+    raw: Any, data: Any, variables: Mapping[str, str], report: _Report, unchecked: set[KeyPath]
+) -> tuple[list[templates.Template], bool]:
+    """Every `{{ EXPR }}` string, compiled; and whether one was broken. Walked with a stack.
+
+    Templates are found in the file's text (`raw`), before `${VAR}`: an environment
+    value is data, so a `{{` inside one is written as it is, never evaluated.
+    """
     found: list[templates.Template] = []
     broken = False
-    stack: list[tuple[KeyPath, Any]] = [((), data)]
+    stack: list[tuple[KeyPath, Any]] = [((), raw)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):
@@ -321,9 +327,9 @@ def _templates(data: Any, report: _Report, unchecked: set[KeyPath]) -> tuple[lis
             stack.extend(((*path, index), item) for index, item in enumerate(value))
         elif isinstance(value, str) and templates.OPEN in value and path not in unchecked:
             if not _template_place(path):
-                report.add(path, "templates are filled only in source.params, source.headers and source.json")
+                report.add(path, f"templates are filled only in {templates.PLACES}")
                 continue
-            template = _template(value, path, report)
+            template = _template(value, path, variables, report, _get(data, ("source", "base_url")))
             broken = broken or template is None
             found.extend([template] if template is not None else [])
     return sorted(found, key=lambda t: (t.line, t.column)), broken
@@ -332,10 +338,16 @@ def _templates(data: Any, report: _Report, unchecked: set[KeyPath]) -> tuple[lis
 def _template_place(path: KeyPath) -> bool:
     if path[:1] != ("source",) or len(path) < 2 or path[1] not in templates.BLOCKS:
         return False
+    if path[1] in templates.URL_BLOCKS:
+        return len(path) == 2
     return path[1] == "json" or len(path) == 3
 
 
-def _template(text: str, path: KeyPath, report: _Report) -> templates.Template | None:
+def _template(
+    text: str, path: KeyPath, variables: Mapping[str, str], report: _Report, base_url: Any
+) -> templates.Template | None:
+    """The template of one string of the file; `${VAR}` filled in each piece on its own.
+    A `path` template starts with `base_url`, joined as `_joined` joins them."""
     try:
         pieces = templates.split(text)
     except templates.TemplateSyntaxError as exc:
@@ -343,10 +355,14 @@ def _template(text: str, path: KeyPath, report: _Report) -> templates.Template |
         return None
     parts: list[str | model.Expr] = []
     for is_expression, piece in pieces:
+        piece = interpolate(piece, variables).data
         parsed = _compile(piece, path, report) if is_expression else None
         if is_expression and parsed is None:
             return None
         parts.append(model.Expr(piece, parsed, key=dotted(path)) if parsed is not None else piece)
+    if path[1:] == ("path",) and isinstance(base_url, str):
+        first = parts[0].lstrip("/") if parts and isinstance(parts[0], str) else None
+        parts = [_joined(base_url, ""), *([first] if first else []), *parts[first is not None:]]
     line, column = report.doc.where(path)
     return templates.Template(path[1:], tuple(parts), line, column)
 
