@@ -19,7 +19,7 @@ record that cannot be mapped is no error here: it is kept as a failed record.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from runner.result import RunResult
@@ -94,11 +94,15 @@ class FetchError(EtlError):
         path: str = "",
         status: int | None = None,
         detail: str = "",
+        body: Any = None,
     ) -> None:
         self.method = method
         self.path = path
         self.status = status
         self.detail = detail  # a short, redacted excerpt of the response body
+        # the error response's whole JSON body (None if it was none): for `reset_when` to
+        # read, never printed (it is not redacted)
+        self.body = body
         where = f"{method} {path}".strip()
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from runner.config import load_pipeline, load_schema
@@ -44,6 +45,7 @@ class CalendarEvents(LocalServer):
         self.events: dict[str, dict[str, Any]] = {}
         self.changed_at: dict[str, int] = {}
         self.expired: set[str] = set()
+        self.expired_body: dict[str, Any] = EXPIRED_BODY
         self.fail_page: int | None = None
         self.queries: list[dict[str, str]] = []
         for n in range(1, events + 1):
@@ -63,7 +65,7 @@ class CalendarEvents(LocalServer):
             return
         token = query.get("syncToken")
         if token is not None and (token in self.expired or not token.startswith("sync-")):
-            handler.send_reply(410, json.dumps(EXPIRED_BODY).encode())
+            handler.send_reply(410, json.dumps(self.expired_body).encode())
             return
         since = int(token.removeprefix("sync-")) if token else 0
         # a full sync lists live events; an incremental one lists every change, cancelled too
@@ -317,3 +319,45 @@ def test_both_vendor_examples_load(tmp_path: Path, incremental: dict[str, Any]) 
     spec = pipeline.source.incremental
     assert isinstance(spec, IncrementalToken) and spec.reset_on == frozenset({410})
     assert spec.as_url is bool(incremental.get("as_url"))
+
+
+def _google_410(reason: str) -> dict[str, Any]:
+    """Google's error shape with a long first member, so that `reason` sits past 200 characters."""
+    return {"error": {"message": "Sync token is no longer valid, a full sync is required. " + "." * 250,
+                      "code": 410, "errors": [{"domain": "calendar", "reason": reason}]}}
+
+
+@pytest.mark.parametrize(("reason", "reset"), [("fullSyncRequired", True), ("somethingElse", False)])
+def test_reset_when_sees_the_whole_error_body(
+    tmp_path: Path, calendar: CalendarEvents, reason: str, reset: bool
+) -> None:
+    """`reset_when` is judged on the whole parsed body, not on the 200-character excerpt:
+    a marker past the excerpt resets the token, and a different one there does not."""
+    path = _file(tmp_path, calendar, source={"incremental": {
+        "reset_when": "error.errors[?reason=='fullSyncRequired'] | length(@) > `0`"}})
+    run(path)
+    calendar.expired.add("sync-5")
+    calendar.expired_body = _google_410(reason)
+    assert len(json.dumps(calendar.expired_body).split('"errors"')[0]) > 200
+    if not reset:
+        with pytest.raises(FetchError) as caught:
+            run(path)
+        assert caught.value.status == 410 and len(caught.value.detail) <= 200
+        assert _saved_token(tmp_path) == "sync-5"
+        return
+    result = run(path)
+    assert (result.status, result.counts.processed) == ("success", 5)
+    assert "syncToken" not in calendar.queries[-1] and _saved_token(tmp_path) == "sync-5"
+
+
+def test_error_body_parses_the_whole_body_within_the_cap() -> None:
+    """The client reads an error body up to max_response_bytes: JSON past the excerpt is parsed;
+    a body over the cap, or no JSON, gives None and the excerpt alone."""
+    from runner.http.errors import error_body
+
+    long = json.dumps(_google_410("fullSyncRequired")).encode()
+    excerpt, body = error_body(httpx.Response(410, content=long), max_bytes=10_000)
+    assert body["error"]["errors"][0]["reason"] == "fullSyncRequired" and len(excerpt) == 200
+    assert error_body(httpx.Response(410, content=long), max_bytes=100)[1] is None
+    html = b"<html>Gone</html>"
+    assert error_body(httpx.Response(410, content=html), max_bytes=10_000) == ("<html>Gone</html>", None)

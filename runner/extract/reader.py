@@ -38,6 +38,7 @@ from runner.errors import FetchError, PaginationLoopError, ResponseError
 from runner.http.errors import DeadlineReached, one_line
 from runner.model import Expr, Source
 from runner.transform.expressions import json_kind, truthy
+from runner.transform.types import parse_float
 from runner.transform.values import parse_huge
 from runner.extract.pagination import PageRequest, Paginator, PredictablePaginator, paginator_for
 
@@ -85,8 +86,11 @@ class SourceReader:
         start: PageRequest | None = None,
         clock: Callable[[], float] = time.monotonic,
         restart: Callable[[FetchError], Mapping[str, Any] | None] | None = None,
+        exact_numbers: bool = False,
     ) -> None:
         self.source = source
+        # a decimal field is mapped: decode numbers without losing digits (transform/types)
+        self._exact = exact_numbers
         # asked when the first request fails: new params to read from the start, or None
         self._restart = restart
         self.paginator: Paginator = paginator_for(source.pagination)
@@ -196,13 +200,16 @@ class SourceReader:
             extra["json"] = payload
         if request.headers:
             extra["headers"] = request.headers
-        judge = None if source.retry_when is None else _RetryWhen(source.retry_when, source.method)
+        judge = None if source.retry_when is None else _RetryWhen(source.retry_when, source.method, self._exact)
         if judge is not None:  # only then: a plain `send` seam need not know the keyword
             extra["retry_if"] = judge
         # a source request is a read whatever its method: a POST (GraphQL, a search) is
         # retried on 5xx, 429 and transport errors exactly like a GET
         response = self._send(source.method, request.url, params=request.params, idempotent=True, **extra)
-        body, huge = judge.decoded(response) if judge is not None else _decode(response, method=source.method)
+        if judge is not None:
+            body, huge = judge.decoded(response)
+        else:
+            body, huge = _decode(response, method=source.method, exact=self._exact)
         if source.error_when is not None:
             _check_error_when(source.error_when, body, response, method=source.method)
         records = select_records(self.source, body, method=source.method, path=_path(response))
@@ -285,22 +292,22 @@ class _RetryWhen:
     """`retry_when` as the client's `retry_if` for one request: it decodes the body it judges
     and keeps it, so that the reader does not decode the accepted page a second time."""
 
-    __slots__ = ("_decoded", "_expr", "_method", "_response")
+    __slots__ = ("_decoded", "_exact", "_expr", "_method", "_response")
 
-    def __init__(self, expr: Expr, method: str) -> None:
-        self._expr, self._method = expr, method
+    def __init__(self, expr: Expr, method: str, exact: bool = False) -> None:
+        self._expr, self._method, self._exact = expr, method, exact
         self._response: httpx.Response | None = None
         self._decoded: tuple[Any, bool] = (None, False)
 
     def __call__(self, response: httpx.Response) -> str | None:
-        self._decoded, self._response = _decode(response, method=self._method), response
+        self._decoded, self._response = _decode(response, method=self._method, exact=self._exact), response
         value = self._expr.search(self._decoded[0])
         return matched("retry_when", self._expr, value) if truthy(value) else None
 
     def decoded(self, response: httpx.Response) -> tuple[Any, bool]:
         if response is self._response:
             return self._decoded
-        return _decode(response, method=self._method)  # a `send` seam that ignored retry_if
+        return _decode(response, method=self._method, exact=self._exact)  # a `send` seam that ignored retry_if
 
 
 def _check_error_when(expr: Expr, body: Any, response: httpx.Response, *, method: str) -> None:
@@ -328,8 +335,9 @@ def decode(response: httpx.Response, *, method: str = "GET") -> Any:
     return _decode(response, method=method)[0]
 
 
-def _decode(response: httpx.Response, *, method: str) -> tuple[Any, bool]:
-    """`decode`, and whether the body held a number of more than 4,300 digits."""
+def _decode(response: httpx.Response, *, method: str, exact: bool = False) -> tuple[Any, bool]:
+    """`decode`, and whether the body held a number of more than 4,300 digits; `exact` keeps
+    the literal of a number that a float does not hold (`ExactFloat`, for decimal fields)."""
     if response.status_code >= 400:
         raise FetchError(
             f"HTTP {response.status_code}", method=method, path=_path(response),
@@ -338,7 +346,7 @@ def _decode(response: httpx.Response, *, method: str) -> tuple[Any, bool]:
     if not response.content or response.content.isspace():  # no stripped copy of the body
         return None, False
     try:
-        body, huge = _json(response)
+        body, huge = _json(response, exact)
         content = response.content  # fewer openers than the limit cannot nest deeper than it
         openers = content.count(b"{") + content.count(b"[")
         too_deep = openers > MAX_RESPONSE_DEPTH and _nested_deeper_than(body, MAX_RESPONSE_DEPTH)
@@ -364,15 +372,16 @@ MAX_RESPONSE_DEPTH = 200
 _CONTAINER = frozenset((dict, list)).__contains__
 
 
-def _json(response: httpx.Response) -> tuple[Any, bool]:
+def _json(response: httpx.Response, exact: bool = False) -> tuple[Any, bool]:
     """The decoded body, and whether it held a number of more than 4,300 digits (which Python
     will not make an int): it is kept as HugeNumber text, so that its record fails alone."""
+    floats = parse_float if exact else None
     try:
-        return response.json(), False
+        return response.json(parse_float=floats), False
     except ValueError as exc:
         if "digits" not in str(exc):
             raise
-        return json.loads(response.content, parse_int=parse_huge), True
+        return json.loads(response.content, parse_int=parse_huge, parse_float=floats), True
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:

@@ -397,7 +397,7 @@ class HttpClient:
                 f" (not retried: a {request.method} without an Idempotency-Key header is retried"
                 " only when it surely did not reach the server)"
             )
-        return fetch_error(request, message, status=outcome.status, detail=outcome.detail)
+        return fetch_error(request, message, status=outcome.status, detail=outcome.detail, body=outcome.body)
 
     def _give_up(
         self, request: httpx.Request, outcome: Outcome, attempt: int, why: str,
@@ -406,7 +406,9 @@ class HttpClient:
         last = f"error {describe_error(outcome.error)}" if outcome.error else f"status {outcome.status}"
         plural = "attempt" if attempt == 1 else "attempts"
         message = f"gave up after {attempt} {plural}: last {last}{why}"
-        return fetch_error(request, message, status=outcome.status, detail=outcome.detail, cls=cls)
+        return fetch_error(
+            request, message, status=outcome.status, detail=outcome.detail, body=outcome.body, cls=cls
+        )
 
     def _log_attempt(
         self, request: httpx.Request, outcome: Outcome, attempt: int, retry_in: float | None = None

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import json
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -68,7 +70,38 @@ def excerpt(
         data += chunk
         if len(data) >= EXCERPT_BYTES or (until is not None and clock() >= until):
             break
+    return _excerpt_of(data)
+
+
+def error_body(
+    response: httpx.Response, *, max_bytes: int, until: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[str, Any]:
+    """An error body's excerpt (as `excerpt`) and its whole parsed JSON, for `reset_when`.
+
+    The body is read up to `max_bytes` (the source's max_response_bytes) and until `until`;
+    the JSON is None when the body is none, or when either bound cut it short.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes or (until is not None and clock() >= until):
+            return _excerpt_of(b"".join(chunks)), None
+    data = b"".join(chunks)
+    return _excerpt_of(data), _json_or_none(data)
+
+
+def _excerpt_of(data: bytes) -> str:
     return log.redact(one_line(data[:EXCERPT_BYTES].decode("utf-8", errors="replace")))[:DETAIL_CHARS]
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError both
+        return None
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -100,10 +133,11 @@ def fetch_error(
     *,
     status: int | None = None,
     detail: str = "",
+    body: Any = None,
     cls: type[FetchError] = FetchError,
 ) -> FetchError:
     path = log.redact_url(request.url)
-    return cls(log.redact(message), method=request.method, path=path, status=status, detail=detail)
+    return cls(log.redact(message), method=request.method, path=path, status=status, detail=detail, body=body)
 
 
 def safe_path(url: str) -> str:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from runner import log
 from runner.errors import FetchError, ResponseError
-from runner.http.errors import excerpt, fetch_error, retry_after
+from runner.http.errors import error_body, fetch_error, retry_after
 from runner.http.origins import Credentials
 
 __all__ = ["MAX_REDIRECTS", "Outcome", "Wire", "log_headers"]
@@ -43,6 +44,7 @@ class Outcome:
     error: httpx.TransportError | None = None
     failure: FetchError | None = None  # final whatever the policy says (body too large)
     detail: str = ""
+    body: Any = None  # an error response's parsed JSON body (see `error_body`)
     retry_after: float | None = None
     elapsed: float = 0.0
 
@@ -76,8 +78,8 @@ class Wire:
             status = response.status_code
             if status >= 400:
                 wait = retry_after(response, self._wall_clock)
-                detail = excerpt(response, until=until, clock=self._clock)
-                return Outcome(status=status, detail=detail, retry_after=wait)
+                detail, body = error_body(response, max_bytes=self._max_bytes, until=until, clock=self._clock)
+                return Outcome(status=status, detail=detail, body=body, retry_after=wait)
             if not self._read_bounded(response, until, why):
                 message = f"response body over {self._max_bytes} bytes"
                 failure = fetch_error(request, message, status=status, cls=ResponseError)

@@ -38,8 +38,8 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -69,6 +69,7 @@ class Setup:
     log: tuple[str, bool] | None = None  # the engine's log format and verbosity, if etl set them
     # auth query parameter names: a checkpoint the writer stores drops them (the client adds them back)
     secret_params: frozenset[str] = frozenset()
+    types: Mapping[str, str] = field(default_factory=dict)  # the typed fields' types: columns, hash
 
 
 def main() -> None:
@@ -117,7 +118,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
     store = target = None
     try:
         store = open_store(setup.state)
-        target = open_target(setup.target, fields=setup.fields)
+        target = open_target(setup.target, fields=setup.fields, types=setup.types)
     except BaseException as exc:  # noqa: BLE001 - told to the engine instead of "ready"
         _answer(results, ("error", (*_describe(exc), 0)))
         for opened in (target, store):
@@ -127,7 +128,7 @@ def _serve(setup: Setup, plans: Connection, results: Connection, open_store: Any
     _answer(results, ("ready", None))
     engine_alive = _liveness(setup.engine_pid)
     error: tuple[str, str] | None = None
-    told, committed, hasher = False, setup.committed, RecordHasher(setup.fields)
+    told, committed, hasher = False, setup.committed, RecordHasher(setup.fields, types=setup.types)
     try:
         while batch := _batch(plans):
             if error is not None:  # nothing after a failure is committed

@@ -223,7 +223,10 @@ class SyncToken:
         if self._saved is None or error.status not in self._spec.reset_on:
             return False
         when = self._spec.reset_when
-        return when is None or truthy(_search(when.search, _error_body(error.detail)))
+        if when is None:
+            return True
+        body = error.body if error.body is not None else _error_body(error.detail)
+        return truthy(_search(when.search, body))
 
     def reset(self) -> None:
         self._saved, self.was_reset = None, True
@@ -270,10 +273,9 @@ def cursor_for(spec: Incremental | IncrementalToken, *, saved: Any, resumed_from
 
 
 def _error_body(detail: str) -> Any:
-    """The error response's JSON body as the FetchError keeps it: an excerpt (its first 200
-    characters), so a longer body is cut short; then the members complete before the cut are
-    kept (Graph's `error.code` and Google's `error.errors[0].reason` come first). Null when
-    the excerpt is no JSON at all."""
+    """The error response's JSON body from its excerpt (its first 200 characters), when the
+    whole body could not be read as JSON (over max_response_bytes, cut by a deadline): the
+    members complete before the cut are kept. Null when the excerpt is no JSON at all."""
     for text in _json_prefixes(detail):
         try:
             return json.loads(text)
