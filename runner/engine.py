@@ -198,6 +198,7 @@ class _Run:
         self.reader = SourceReader(
             source=source, send=self.client.send, params=params, start=self._start(),
             restart=self._token_expired if isinstance(self.cursor, SyncToken) else None,
+            exact_numbers="decimal" in pipeline.mapping.column_types.values(),
         )
 
     def _filled_source(self) -> Source:
@@ -273,13 +274,13 @@ class _Run:
             target = dry_run_target(self.options.stdout)
             return InlineApplier(
                 pipeline.name, self.store, target, pipeline.mapping.names, committed=committed,
-                on_committed=self._committed,
+                on_committed=self._committed, types=pipeline.mapping.column_types,
             )
         if _wants_writer(pipeline):
             setup = Setup(
                 pipeline.name, pipeline.target, pipeline.state, pipeline.mapping.names,  # type: ignore[arg-type]
                 committed, os.getpid(), self.record.run_id, pipeline.secrets, log.settings(),
-                log.credential_params(),
+                log.credential_params(), types=pipeline.mapping.column_types,
             )
             try:
                 return ProcessApplier(
@@ -294,11 +295,11 @@ class _Run:
         pipeline = self.pipeline
         self.target = open_target(
             pipeline.target, fields=pipeline.mapping.names, pipeline=pipeline.name,
-            transport=self.options.transport, sleep=self._wait,
+            transport=self.options.transport, sleep=self._wait, types=pipeline.mapping.column_types,
         )
         return InlineApplier(
             pipeline.name, self.store, self.target, pipeline.mapping.names, committed=committed,
-            on_committed=self._committed,
+            on_committed=self._committed, types=pipeline.mapping.column_types,
         )
 
     def _checkpoint(self) -> Checkpoint | None:

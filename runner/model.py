@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jmespath.parser import ParsedResult
 
 from runner.transform import expressions
+from runner.transform.types import FieldType
 
 if TYPE_CHECKING:  # templates.py builds on this module
     from runner.config.templates import Template
@@ -303,6 +304,14 @@ class MappingSpec:
     external_id: Expr
     fields: tuple[tuple[str, Expr], ...]
     filter: Expr | None = None
+    # typed fields only (`{path, type}`), in file order; an untyped field keeps its JSON value
+    types: tuple[tuple[str, FieldType], ...] = ()
+    required: frozenset[str] = frozenset()  # fields whose null or missing value fails the record
+
+    @property
+    def column_types(self) -> dict[str, FieldType]:
+        """The typed fields' types by name (the targets' column types)."""
+        return dict(self.types)
 
     @property
     def names(self) -> list[str]:

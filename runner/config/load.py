@@ -269,7 +269,12 @@ def _expressions(data: Any, report: _Report, unchecked: set[KeyPath]) -> dict[Ke
 def _expression_paths(data: Any) -> list[KeyPath]:
     fields = _get(data, ("mapping", "fields"))
     names = list(fields) if isinstance(fields, dict) else []
-    return [*EXPRESSIONS, *(("mapping", "fields", name) for name in names)]
+    return [*EXPRESSIONS, *(_field_path(name, fields[name]) for name in names)]
+
+
+def _field_path(name: str, value: Any) -> KeyPath:
+    """Where a field's JMESPath stands: the field's value, or the long form's `path`."""
+    return ("mapping", "fields", name, "path") if isinstance(value, dict) else ("mapping", "fields", name)
 
 
 def _compile(text: str, path: KeyPath, report: _Report) -> ParsedResult | None:
@@ -571,11 +576,14 @@ class _Builder:
         )
 
     def mapping(self) -> model.MappingSpec:
-        names = self.data["mapping"]["fields"]
+        fields: dict[str, Any] = self.data["mapping"]["fields"]
+        long_form = {name: value for name, value in fields.items() if isinstance(value, dict)}
         return model.MappingSpec(
             external_id=self.required_expr(("mapping", "external_id")),
-            fields=tuple((name, self.required_expr(("mapping", "fields", name))) for name in names),
+            fields=tuple((name, self.required_expr(_field_path(name, value))) for name, value in fields.items()),
             filter=self.expr(("mapping", "filter")),
+            types=tuple((name, value["type"]) for name, value in long_form.items() if "type" in value),
+            required=frozenset(name for name, value in long_form.items() if value.get("required")),
         )
 
     def target(self, d: dict[str, Any]) -> model.TargetConfig:

@@ -169,7 +169,8 @@ def _misspelled(error: _Violation, missing: list[str]) -> dict[str, str]:
 def _bad_enum(error: _Violation, path: KeyPath) -> list[Finding]:
     allowed = [str(v) for v in error.validator_value]
     if path[-1:] == ("type",) and len(path) > 1:
-        text = f"unknown {path[-2]} type {_show(path, error.instance)}; valid types: {', '.join(allowed)}"
+        what = "field" if "fields" in path[:-2] else path[-2]  # mapping.fields.NAME.type: a field's type
+        text = f"unknown {what} type {_show(path, error.instance)}; valid types: {', '.join(allowed)}"
         return [(path, text + suggest(str(error.instance), allowed, ""), False)]
     message = f"invalid value {_show(path, error.instance)}; expected one of: {', '.join(allowed)}"
     return [(path, message, False)]

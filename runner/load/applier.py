@@ -24,7 +24,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -61,11 +61,11 @@ class InlineApplier:
 
     def __init__(
         self, pipeline: str, store: StateStore, target: Target, fields: list[str], *,
-        committed: str | None, on_committed: OnCommitted,
+        committed: str | None, on_committed: OnCommitted, types: Mapping[str, str] | None = None,
     ) -> None:
         self.target = target
         self._pipeline, self._store, self._on_committed = pipeline, store, on_committed
-        self._hasher = RecordHasher(fields)
+        self._hasher = RecordHasher(fields, types=types)
         self._committed = committed  # the last checkpoint committed
 
     def submit(self, plan: PagePlan) -> None:

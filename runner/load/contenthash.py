@@ -7,6 +7,11 @@ exact for JSON values (1, 1.0, "1" and true all differ), a pure function of
 the values (format 2 has no back-references, so object identity plays no
 part), and about three times as fast as repr. Objects go in with their keys
 sorted, so an API that reorders an object's keys causes no update.
+
+Typed fields are converted before they are hashed (`transform/types`), so
+"42" and 42 for an integer field hash the same; the field types go into the
+seed, so a changed type rewrites the records once. A pipeline without typed
+fields hashes as it always did.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import marshal
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # the hash's version: a change here makes every stored hash differ, so one run updates all
@@ -26,9 +31,12 @@ _MARSHAL_FORMAT = 2  # the last format without references: the bytes depend on t
 class RecordHasher:
     """The hash of records with these fields; build once per run, call per record."""
 
-    def __init__(self, fields: list[str]) -> None:
+    def __init__(self, fields: list[str], *, types: Mapping[str, str] | None = None) -> None:
         names = sorted(fields)
-        self._seeded = hashlib.blake2b(_VERSION + repr(names).encode(), digest_size=16)
+        seed = _VERSION + repr(names).encode()
+        if types:  # a field's type is part of what was written: changing it rewrites the records
+            seed += repr(sorted(types.items())).encode()
+        self._seeded = hashlib.blake2b(seed, digest_size=16)
         self._values: Callable[[dict[str, Any]], tuple[Any, ...]] = _getter(names)
 
     def __call__(self, record: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import IO, Any
 
 from runner.db import require_postgres_driver
@@ -9,12 +10,14 @@ from runner.model import HttpTargetConfig, JsonlTargetConfig, PostgresTargetConf
 from runner.targets.base import Target, Write, WriteResult
 
 
-def open_target(config: TargetConfig, *, fields: list[str], **kwargs: Any) -> Target:
-    """Open (and prepare: table, columns) the configured target."""
+def open_target(
+    config: TargetConfig, *, fields: list[str], types: Mapping[str, str] | None = None, **kwargs: Any
+) -> Target:
+    """Open (and prepare: table, columns of the typed fields' types) the configured target."""
     if isinstance(config, SqliteTargetConfig):
         from runner.targets.sqlite import SqliteTarget
 
-        return SqliteTarget(config, fields=fields)
+        return SqliteTarget(config, fields=fields, types=types)
     if isinstance(config, JsonlTargetConfig):
         from runner.targets.jsonl import JsonlTarget
 
@@ -23,7 +26,7 @@ def open_target(config: TargetConfig, *, fields: list[str], **kwargs: Any) -> Ta
         require_postgres_driver("the postgres target")  # a ConfigError naming the extra, not an ImportError
         from runner.targets.postgres import PostgresTarget
 
-        return PostgresTarget(config, fields=fields)
+        return PostgresTarget(config, fields=fields, types=types)
     if isinstance(config, HttpTargetConfig):
         from runner.targets.http import HttpTarget
 

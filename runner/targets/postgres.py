@@ -11,7 +11,11 @@ the SQLite target does with untyped columns: "07919" stays a JSON string (a
 `text` column would lose the difference from 7919, a numeric one its leading
 zero), 7919 a number, true a boolean, lists and objects stay queryable JSON
 (`record->>'k'`, `jsonb_array_elements`). A null or missing value is SQL NULL.
-A view with casts gives typed columns to whoever wants them.
+A view with casts gives typed columns to whoever wants them; or a typed field
+(`{path, type}`) gets a column of its type (`COLUMN_TYPES`: bigint, numeric,
+timestamptz, ...), its value converted by the mapping (a decimal is sent as a
+Decimal, so numeric stores it exactly). A typed field whose existing column has
+another type is an error before any write: the user migrates.
 
 A page is one transaction of `INSERT ... ON CONFLICT (external_id) DO UPDATE`
 sent with `executemany` (psycopg 3 pipelines it: a few round trips per page,
@@ -36,8 +40,9 @@ its last write, where one merge statement must refuse to touch a row twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -49,13 +54,25 @@ from runner.errors import TargetError
 from runner.model import PostgresTargetConfig
 from runner.targets.base import Write, WriteResult
 
+# the column type of each field type; a field without a type gets jsonb
+COLUMN_TYPES = {
+    "string": "text", "integer": "bigint", "number": "double precision", "decimal": "numeric",
+    "boolean": "boolean", "timestamp": "timestamptz", "date": "date", "json": "jsonb",
+}
+# how format_type() names them (a typmod, as in numeric(12,2), is allowed: the user chose it)
+_FORMATTED = {"timestamptz": "timestamp with time zone"}
+
 
 class PostgresTarget:
     """Upserts each page into one table of a PostgreSQL database, in one transaction per page."""
 
-    def __init__(self, config: PostgresTargetConfig, *, fields: list[str]) -> None:
+    def __init__(
+        self, config: PostgresTargetConfig, *, fields: list[str], types: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.fields = list(fields)
+        self.types = dict(types or {})
+        self._cells = [_CELLS.get(self.types.get(name, "json"), _cell) for name in self.fields]
         self.schema = config.schema or "public"
         self.where = f"postgres target {self.schema}.{config.table}"
         self._dsn = config.dsn.reveal()
@@ -89,26 +106,44 @@ class PostgresTarget:
             have = self._columns()
             if have is None:
                 columns: list[sql.Composable] = [sql.SQL("external_id text PRIMARY KEY")]
-                columns += [sql.SQL("{} jsonb").format(sql.Identifier(f)) for f in self.fields]
+                columns += [sql.SQL("{} {}").format(sql.Identifier(f), self._column_type(f)) for f in self.fields]
                 create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
                 db.execute(create.format(self._table, sql.SQL(", ").join(columns)))
                 return
             if "external_id" not in have:
                 raise TargetError(f"{self.where}: the table exists but has no external_id column to upsert on")
+            self._check_types(have)
             for name in self.fields:
                 if name not in have:
-                    add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} jsonb")
-                    db.execute(add.format(self._table, sql.Identifier(name)))
+                    add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}")
+                    db.execute(add.format(self._table, sql.Identifier(name), self._column_type(name)))
 
-    def _columns(self) -> set[str] | None:
-        """The table's column names, or None when there is no such table."""
+    def _column_type(self, name: str) -> sql.SQL:
+        return sql.SQL(COLUMN_TYPES[self.types.get(name, "json")])  # names from our own table only
+
+    def _check_types(self, have: dict[str, str]) -> None:
+        """A typed field's existing column must have its type; else a TargetError, nothing written."""
+        for name, type_ in self.types.items():
+            wanted = COLUMN_TYPES[type_]
+            found = have.get(name)
+            if found is not None and found.split("(")[0] != _FORMATTED.get(wanted, wanted):
+                raise TargetError(
+                    f"{self.where}: column {name!r} has type {found}, but field {name!r} asks for {wanted} "
+                    f"(type: {type_}); migrate the column (ALTER TABLE ... ALTER COLUMN ... TYPE ...) "
+                    "or write to another table"
+                )
+
+    def _columns(self) -> dict[str, str] | None:
+        """The table's column names and types (as format_type() writes them), or None when
+        there is no such table."""
         rows = self._db.execute(
-            "SELECT a.attname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
             "WHERE n.nspname=%s AND c.relname=%s AND c.relkind IN ('r', 'p')",
             (self.schema, self.config.table),
         ).fetchall()
-        return {row[0] for row in rows if row[0] is not None} if rows else None
+        return {row[0]: row[1] for row in rows if row[0] is not None} if rows else None
 
     def _upsert_sql(self) -> sql.Composed:
         columns = [sql.Identifier(c) for c in ("external_id", *self.fields)]
@@ -123,7 +158,8 @@ class PostgresTarget:
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
         """Upsert one page in one transaction; TargetError when it fails as a whole."""
-        rows = [[w.external_id, *(_cell(w.record.get(f)) for f in self.fields)] for w in writes]
+        cells = list(zip(self.fields, self._cells, strict=True))
+        rows = [[w.external_id, *(cell(w.record.get(f)) for f, cell in cells)] for w in writes]
         if rows:
             with self._errors(), self._db.transaction(), self._db.cursor() as cursor:
                 cursor.executemany(self._sql, rows)
@@ -137,3 +173,20 @@ class PostgresTarget:
 def _cell(value: Any) -> Any:
     """A field's value as jsonb; None (null or missing) as SQL NULL."""
     return None if value is None else Jsonb(value)
+
+
+def _as_is(value: Any) -> Any:
+    """A typed field's converted value: psycopg adapts it to the column's type."""
+    return value
+
+
+def _decimal(value: Any) -> Any:
+    """A decimal field's exact text as a Decimal: numeric, never through a float."""
+    return None if value is None else Decimal(value)
+
+
+# the cell of each typed field's value (the mapping converted it already)
+_CELLS: dict[str, Callable[[Any], Any]] = {
+    "string": _as_is, "integer": _as_is, "number": _as_is, "decimal": _decimal,
+    "boolean": _as_is, "timestamp": _as_is, "date": _as_is, "json": _cell,
+}

@@ -1,25 +1,34 @@
 """The SQLite target: a table keyed by `external_id`, one batched upsert per page.
 
-Columns are declared without a type, so SQLite keeps each value's own type:
-"07919" stays TEXT, 7919 stays INTEGER; lists and objects are JSON text.
+Columns of untyped fields are declared without a type, so SQLite keeps each
+value's own type: "07919" stays TEXT, 7919 stays INTEGER; lists and objects
+are JSON text. A typed field's column is declared with its type (`COLUMN_TYPES`),
+and a `json` field's values are all JSON text there ("abc" is '"abc"').
+An existing column of another type is an error before any write: the user migrates.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from runner.db.sqlite import connect, insert_values, transaction
 from runner.errors import TargetError
 from runner.model import SqliteTargetConfig
-from runner.targets.base import Write, WriteResult, json_cells
+from runner.targets.base import Write, WriteResult, json_cells, json_text
 
 
 # failures about the file or its disk, not the data: the message says what to check
 DISK_ERRORS = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_PERM")
 DISK_HINT = "check that the path is a file in a writable directory and that the disk has free space"
 BUSY_TIMEOUT = 30.0  # seconds to wait for another process's write transaction
+# the declared column type of each field type (decimals, timestamps and dates are exact text)
+COLUMN_TYPES = {
+    "string": "TEXT", "integer": "INTEGER", "number": "REAL", "decimal": "TEXT",
+    "boolean": "INTEGER", "timestamp": "TEXT", "date": "TEXT", "json": "TEXT",
+}
 
 
 def quote(name: str) -> str:
@@ -30,9 +39,14 @@ def quote(name: str) -> str:
 class SqliteTarget:
     """Upserts each page into one table of a SQLite file, in one transaction per page."""
 
-    def __init__(self, config: SqliteTargetConfig, *, fields: list[str]) -> None:
+    def __init__(
+        self, config: SqliteTargetConfig, *, fields: list[str], types: Mapping[str, str] | None = None
+    ) -> None:
         self.config = config
         self.fields = fields
+        self.types = dict(types or {})
+        # columns whose every value is written as JSON text: the `json` fields', by position
+        self._json_columns = [i + 1 for i, name in enumerate(fields) if self.types.get(name) == "json"]
         try:
             # FULL, not NORMAL: the state store records a page as written once this commit
             # returns, so the commit must outlive a power cut (the state's may not)
@@ -55,10 +69,23 @@ class SqliteTarget:
         table = quote(self.config.table)
         with transaction(self._db) as db:
             db.execute(f"CREATE TABLE IF NOT EXISTS {table} (external_id TEXT PRIMARY KEY)")
-            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            have = {row[1]: row[2] for row in db.execute(f"PRAGMA table_info({table})")}
+            self._check_types(have)
             for name in self.fields:
                 if name not in have:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)}")
+                    declared = COLUMN_TYPES.get(self.types.get(name, ""), "")
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)} {declared}".rstrip())
+
+    def _check_types(self, have: dict[str, str]) -> None:
+        """A typed field's existing column must have its type; else a TargetError, nothing written."""
+        for name, type_ in self.types.items():
+            wanted = COLUMN_TYPES[type_]
+            if name in have and have[name].upper() != wanted:
+                raise TargetError(
+                    f"sqlite target {self.config.path} table {self.config.table}: column {name!r} has type "
+                    f"{have[name] or 'none (untyped)'}, but field {name!r} asks for {wanted} (type: {type_}); "
+                    "migrate the column (or the table) yourself, or write to another table"
+                )
 
     def _upsert_sql(self) -> tuple[str, str]:
         """The statement around its VALUES rows: `INSERT INTO t (...)` and `ON CONFLICT ...`."""
@@ -72,6 +99,10 @@ class SqliteTarget:
         """Upsert one page in one transaction; TargetError when it fails as a whole."""
         values = self._values(writes)
         width = len(self.fields) + 1
+        for column in self._json_columns:
+            for i in range(column, len(values), width):
+                if values[i] is not None:
+                    values[i] = json_text(values[i])
         json_cells(values, width)
         try:
             with transaction(self._db) as db:

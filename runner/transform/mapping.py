@@ -20,6 +20,7 @@ from typing import Any
 from jmespath.exceptions import JMESPathError
 
 from runner.transform.expressions import inline_source, to_string, truthy
+from runner.transform.types import CONVERTERS, UNCHANGED, ConversionError
 from runner.model import Expr, MappingSpec
 
 # what makes a record fail instead of the run: an expression's type or value error
@@ -58,6 +59,8 @@ class Mapper:
                 return None
             key_value, record = outcome
             key = key_string(key_value)
+        except ConversionError as exc:  # its message names the field, the type and the value
+            return Failed(_safe_key(self.spec, raw), raw, str(exc))
         except RECORD_ERRORS as exc:
             return Failed(_safe_key(self.spec, raw), raw, f"{type(exc).__name__}: {exc}")
         if key is None:
@@ -70,7 +73,10 @@ class Mapper:
         if spec.filter is not None and not truthy(spec.filter.search(raw)):
             return None
         key = spec.external_id.search(raw)
-        return key, {name: expr.search(raw) for name, expr in spec.fields}
+        record = {name: expr.search(raw) for name, expr in spec.fields}
+        for name, convert in _converters(spec).items():
+            record[name] = convert(record[name])
+        return key, record
 
 
 def key_string(value: Any) -> str | None:
@@ -104,14 +110,65 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     if spec.filter is not None:
         lines.append(f"    if not _truthy({source(spec.filter)}):\n        return None")
     locals_ = {name: f"_f{i}" for i, (name, _) in enumerate(spec.fields)}
+    converters = _converters(spec)
     for name, expr in spec.fields:
         lines.append(f"    {locals_[name]} = {source(expr)}")
+        if name in converters and (line := _conversion(name, locals_[name], spec, converters[name], names)):
+            lines.append(line)
     record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
     lines.append(f"    return {source(spec.external_id)}, {{{record}}}")
     code = "\n".join(lines)
     # the source is made of repr()s of field names and of inline_source()'s output, never raw config text
     exec(compile(code, f"<mapping {spec.external_id.key or 'mapping'}>", "exec"), names)
     return names["_map"]  # type: ignore[no-any-return]
+
+
+def _converters(spec: MappingSpec) -> dict[str, Callable[[Any], Any]]:
+    """One function per typed or required field: its value (null included) converted, or
+    ConversionError naming the field, the type and the value."""
+    converters: dict[str, Callable[[Any], Any]] = {}
+    types = spec.column_types
+    for name in spec.names:
+        if name in types or name in spec.required:
+            converters[name] = _field_converter(name, types.get(name), name in spec.required)
+    return converters
+
+
+def _field_converter(name: str, type_: str | None, required: bool) -> Callable[[Any], Any]:
+    convert = CONVERTERS[type_] if type_ is not None else None
+    shown_type = type_ or "untyped"
+
+    def converted(value: Any) -> Any:
+        if value is None:
+            if required:
+                raise ConversionError(name, shown_type, None, "required")
+            return None
+        if convert is None:
+            return value
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise ConversionError(name, shown_type, value, str(exc)) from None
+
+    return converted
+
+
+def _conversion(
+    name: str, local: str, spec: MappingSpec, convert: Callable[[Any], Any], names: dict[str, Any]
+) -> str:
+    """The generated lines that convert one field's local: the converter is called only for
+    a value that is not already of the type's own class (and, unless required, not null)."""
+    index = local[2:]
+    names[f"_c{index}"] = convert
+    type_, required = spec.column_types.get(name), name in spec.required
+    if type_ is None or type_ == "json":  # the value stays as it is: only `required` to check
+        return f"    if {local} is None:\n        _c{index}(None)" if required else ""
+    tests = [] if required else [f"{local} is not None"]
+    unchanged = UNCHANGED[type_]
+    if unchanged is not None:
+        names[f"_k{index}"] = unchanged
+        tests.insert(0, f"type({local}) is not _k{index}")
+    return f"    if {' and '.join(tests) or 'True'}:\n        {local} = _c{index}({local})"
 
 
 def _safe_key(spec: MappingSpec, raw: Any) -> str | None:
