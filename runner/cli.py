@@ -7,20 +7,21 @@ back (problems, an EtlError) into output and an exit code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from runner import __version__, config, engine, log
-from runner.result import Counts
+from runner.result import Counts, RunResult
 from runner.errors import ConfigError, EtlError, Problem
 from runner.model import Pipeline, Secret, StateConfig
 from runner.state import StateStore, open_known
@@ -102,9 +103,13 @@ def validate(paths: tuple[str, ...], env_file: str | None, output_format: str) -
 @click.option("--env-file", type=click.Path(exists=True, dir_okay=False), help="Read this instead of ./.env.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs (secrets are still masked).")
+@click.option(
+    "--record", "record_dir", type=click.Path(file_okay=False),
+    help="Also write every source exchange to this directory (for `etl test`); no secret is written.",
+)
 def run(
     pipelines: tuple[str, ...], dry_run: bool, full_refresh: bool, restart: bool,
-    env_file: str | None, log_format: str, verbose: bool,
+    env_file: str | None, log_format: str, verbose: bool, record_dir: str | None = None,
 ) -> None:
     """Run pipelines: fetch -> map -> upsert, idempotent; one after another.
 
@@ -116,12 +121,17 @@ def run(
     """
     log.configure(fmt="json" if log_format == "json" else "text", verbose=verbose)
     click.get_current_context().meta["etl.json_errors"] = log_format == "json"
+    if record_dir is not None and len(pipelines) > 1:
+        raise click.UsageError("--record records one pipeline file; give one file per recording directory")
     loaded = _load_all(pipelines, env_file)
     stop = engine.StopFlag()
     exit_code = 0
     with _signals(stop):
         for pipeline in loaded:
-            code = _run_one(pipeline, stop, dry_run=dry_run, full_refresh=full_refresh, restart=restart)
+            code = _run_one(
+                pipeline, stop, dry_run=dry_run, full_refresh=full_refresh, restart=restart,
+                record=(record_dir, env_file) if record_dir is not None else None,
+            )
             exit_code = exit_code or code
             if code in (130, 143):
                 break
@@ -146,11 +156,17 @@ def _load_all(paths: tuple[str, ...], env_file: str | None) -> list[Pipeline]:
 
 
 def _run_one(
-    pipeline: Pipeline, stop: engine.StopFlag, *, dry_run: bool, full_refresh: bool, restart: bool
+    pipeline: Pipeline, stop: engine.StopFlag, *, dry_run: bool, full_refresh: bool, restart: bool,
+    record: tuple[str, str | None] | None = None,
 ) -> int:
     progress = _Progress() if sys.stderr.isatty() else None
+    run_pipeline: Callable[..., RunResult] = engine.run
+    if record is not None:  # the same run, its source exchanges written to a directory
+        from runner.authoring.record import record_run
+
+        run_pipeline = functools.partial(record_run, directory=record[0], env_file=record[1])
     try:
-        result = engine.run(
+        result = run_pipeline(
             pipeline, stop=stop, on_progress=progress,
             dry_run=dry_run, full_refresh=full_refresh, restart=restart,
         )
@@ -336,6 +352,47 @@ def state_unlock(name: str, state_path: str | None, dsn: str | None, env_file: s
 def schema() -> None:
     """Print the JSON Schema of pipeline files."""
     click.echo(json.dumps(config.load_schema(), indent=2))
+
+
+@main.command("test")
+@click.argument("pipeline_file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--fixtures", "fixtures_dir", required=True, type=click.Path(file_okay=False),
+    help="A directory written by `etl run FILE --record DIR`.",
+)
+@click.option("--update", is_flag=True, help="Write DIR/expected.jsonl from this run instead of comparing.")
+@click.option("-v", "--verbose", is_flag=True, help="The run's logs too (by default only warnings).")
+def offline_test(pipeline_file: str, fixtures_dir: str, update: bool, verbose: bool) -> None:
+    """Run a pipeline offline against recorded exchanges and compare its intended writes.
+
+    No network, no secret, no state: requests are answered from the recording,
+    auth is not applied, now() is the recording's time. Exits 0 when the writes
+    equal DIR/expected.jsonl, 1 with a unified diff when they differ or a request
+    has no recorded match, 2 for a bad file or recording.
+    """
+    from runner.authoring.offline import run_offline
+
+    log.configure(verbose=verbose)
+    if not verbose:
+        logging.getLogger("runner").setLevel(logging.WARNING)
+    try:
+        outcome = run_offline(pipeline_file, fixtures_dir, update=update)
+    except EtlError as exc:
+        _fail(exc)
+    for name in outcome.unused:
+        click.echo(f"{pipeline_file}: warning: recorded exchange {name} was not requested", err=True)
+    if outcome.updated:
+        click.echo(f"{pipeline_file}: wrote {outcome.lines} lines to {outcome.expected}")
+    elif outcome.equal:
+        click.echo(f"{pipeline_file}: ok, {outcome.lines} lines equal {outcome.expected}")
+    else:
+        click.echo(outcome.diff, nl=False)
+        click.echo(
+            f"{pipeline_file}: the intended writes differ from {outcome.expected} (above: - expected, + this run);"
+            " if the change is meant, accept it with --update",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _print_text(unmatched: list[Problem], results: dict[str, list[Problem]]) -> None:

@@ -46,10 +46,10 @@ def variable_names(data: Any) -> dict[KeyPath, list[str]]:
     stack: list[tuple[KeyPath, Any]] = [((), data)]
     while stack:
         path, value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(((*path, k), v) for k, v in value.items())
+        if isinstance(value, dict):  # reversed onto the stack: found in file order
+            stack.extend(reversed([((*path, k), v) for k, v in value.items()]))
         elif isinstance(value, list):
-            stack.extend(((*path, i), v) for i, v in enumerate(value))
+            stack.extend(reversed([((*path, i), v) for i, v in enumerate(value)]))
         elif isinstance(value, str) and "${" in value:
             names = [m.group("name") for t in _TOKEN.finditer(value) if t.group("close")
                      and (m := _BODY.fullmatch(t.group("body") or "")) is not None]
