@@ -290,7 +290,7 @@ def test_the_long_form_loads_into_the_mapping(tmp_path: Path) -> None:
         ("{path: note}", "{type: integer}", 10, "missing required key 'path'"),
         ("{path: note}", "{path: note, typ: integer}", 10, "unknown key 'typ'"),
         ("path: price.amount", "path: 'price['", 8, "invalid JMESPath 'price['"),
-        ("required: true", "required: 'yes'", 8, "expected a boolean"),
+        ("required: true", "required: 'yes'", 8, "expected true or false, got a string"),
         ("{path: note}", "[note]", 10, "expected a string or a mapping, got a list"),
     ],
 )
