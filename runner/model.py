@@ -351,6 +351,18 @@ class HttpOperation:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpBatch:
+    """`target.batch`: up to `size` records in one request, per-record outcomes from `results`."""
+
+    path: str
+    method: str = "POST"
+    size: int = 100
+    body: Expr | None = None  # on the list of mapped records; None is `@`
+    results: Expr | None = None  # on the response: one entry per record, in order
+    id_path: Expr | None = None  # on each entry of `results`: the target's id
+
+
+@dataclass(frozen=True, slots=True)
 class HttpTargetConfig:
     base_url: str
     upsert: HttpOperation | None = None
@@ -362,6 +374,8 @@ class HttpTargetConfig:
     retry: Retry = Retry()
     rate_limit: RateLimit | None = None
     idempotency_key: bool = True
+    concurrency: int = 4  # writes in flight at once
+    batch: HttpBatch | None = None
     type: Literal["http"] = "http"
 
 

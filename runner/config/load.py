@@ -67,6 +67,9 @@ EXPRESSIONS: tuple[KeyPath, ...] = (
     ("mapping", "external_id"),
     ("mapping", "filter"),
     ("target", "create", "id_path"),
+    ("target", "batch", "body"),
+    ("target", "batch", "results"),
+    ("target", "batch", "id_path"),
 )
 PLACEHOLDERS = {"upsert": {"external_id"}, "create": {"external_id"}, "update": {"external_id", "target_id"}}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -182,6 +185,7 @@ def _analyse(
         for message in lint(key_path, str(_get(values.data, key_path)), parsed.parsed):
             report.add(key_path, message, severity="warning")
     _placeholder_problems(values.data, report)
+    _batch_problems(values.data, report)
     _driver_problems(values.data, report)
     _state_file_problems(values.data, report)
     _source_problems(values.data, report)
@@ -382,6 +386,33 @@ def _placeholder_problems(data: Any, report: _Report) -> None:
             if name not in allowed:
                 valid = ", ".join(f"{{{a}}}" for a in sorted(allowed))
                 report.add(path, f"unknown placeholder '{{{name}}}' in {operation} path; valid: {valid}")
+
+
+def _batch_problems(data: Any, report: _Report) -> None:
+    """`batch` carries every create and update, so `upsert`, `create` and `update` beside it
+    would be a second way to send the same write; `id_path` reads entries of `results`; and
+    a batch holds many keys, so its path has no placeholder to fill."""
+    batch = _get(data, ("target", "batch"))
+    target = _get(data, ("target",))
+    if not isinstance(batch, dict) or not isinstance(target, dict):
+        return
+    for other in ("upsert", "create", "update"):
+        if other in target:
+            report.add(
+                ("target", other), f"'batch' sends every create and update; remove '{other}' "
+                "(or 'batch' to send one request per record)", key=True,
+            )
+    if "id_path" in batch and "results" not in batch:
+        report.add(
+            ("target", "batch", "id_path"), "id_path reads each entry of 'results'; add 'results' "
+            "(a JMESPath to the response's list of per-record entries) or remove id_path", key=True,
+        )
+    path = batch.get("path")
+    for name in _PLACEHOLDER.findall(path) if isinstance(path, str) else ():
+        report.add(
+            ("target", "batch", "path"),
+            f"placeholder '{{{name}}}' in batch path: a batch holds many keys, so its path takes none",
+        )
 
 
 def _driver_problems(data: Any, report: _Report) -> None:
@@ -606,6 +637,18 @@ class _Builder:
             headers=_headers(d.get("headers")),
             **_http_behaviour(d),
             idempotency_key=d.get("idempotency_key", True),
+            concurrency=d.get("concurrency", 4),
+            batch=self.batch(d.get("batch")),
+        )
+
+    def batch(self, d: dict[str, Any] | None) -> model.HttpBatch | None:
+        if d is None:
+            return None
+        base = ("target", "batch")
+        return model.HttpBatch(
+            path=d["path"], method=d.get("method", "POST"), size=d.get("size", 100),
+            body=self.expr((*base, "body")), results=self.expr((*base, "results")),
+            id_path=self.expr((*base, "id_path")),
         )
 
     def state(self, d: dict[str, Any]) -> model.StateConfig:

@@ -9,6 +9,8 @@ Two modes, as the pipeline file says:
   it is returned in `WriteResult.target_ids` and the engine keeps it in the
   state store. An `update` write goes out with `update`, its `{target_id}`
   filled from that id.
+* `batch`: creates and updates go out `size` at a time in one request each
+  (`runner.targets.http_batch` builds the body and reads the answer).
 
 The URL is `base_url` followed by the path, whose `{external_id}` and
 `{target_id}` are filled URL-quoted. The body is the mapped record as JSON.
@@ -25,13 +27,18 @@ dropped connections).
 
 Outcomes: a 4xx that is about the record (400, 404, 409, 422 ...) fails that
 record alone, its error text the status and the response's short error
-message. 401, 403, 407 and 429 are about the credentials or the rate, not
-the record: like a 5xx or a transport failure after retries, they raise
-FetchError and fail the page (and the run).
+message. 401, 403 and 407 are about the credentials, not the record: like a
+5xx or a transport failure after retries, they raise FetchError and fail the
+page (and the run). A 429 holds every write of the target for its
+`Retry-After` (`runner.targets.throttle`); a write whose retries ran out on
+429s is sent again until `retry.max_elapsed` has passed since it was first
+sent, and only then fails the page.
 
-The writes of a page are sent one after another, in order: simple, and the
-order of a page is kept. A page's throughput is one round trip per record
-(plus the target's `rate_limit`).
+Concurrency: the requests of a page go out `concurrency` at a time
+(`runner.targets.writepool`), two writes of one key never at once and in
+page order; `write` returns when every request has an answer, so the engine
+commits the page's state only then. All of them share this target's client:
+one connection pool, and one `rate_limit`, apart from the source's.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -48,9 +56,13 @@ import httpx
 
 from runner import log
 from runner.http.client import HttpClient
-from runner.errors import EtlError, FetchError, TargetError
+from runner.errors import FetchError, TargetError
+from runner.http.transport import LazyTlsTransport
 from runner.model import HttpOperation, HttpTargetConfig
 from runner.targets.base import Write, WriteResult
+from runner.targets.http_batch import batch_body, batch_key, batch_outcome, every_failed
+from runner.targets.throttle import Throttle, ThrottledTransport
+from runner.targets.writepool import Unit, WritePool
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,7 @@ PAGE_FAILURES = frozenset({401, 403, 407, 429})
 ERROR_FIELDS = ("error", "message", "detail", "error_description", "title")
 
 Role = Literal["create", "update", "upsert"]
+BATCHED = frozenset({"create", "update"})  # the ops `batch` carries; any other goes one by one
 
 
 class RecordRejected(Exception):
@@ -76,11 +89,18 @@ class HttpTarget:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if config.upsert is None and (config.create is None or config.update is None):
-            raise TargetError("http target: give either `upsert` or both `create` and `update`")
+        if config.batch is None and config.upsert is None and (config.create is None or config.update is None):
+            raise TargetError("http target: give either `upsert` or both `create` and `update` (or `batch`)")
         self._config = config
         self._pipeline = pipeline
         self._base_url = config.base_url.rstrip("/")
+        retry = config.retry
+        self._throttle = Throttle(
+            backoff_initial=retry.backoff_initial, backoff_max=retry.backoff_max, max_elapsed=retry.max_elapsed,
+            sleep=sleep,
+        )
+        transport = ThrottledTransport(transport if transport is not None else LazyTlsTransport(), self._throttle)
+        self._pool = WritePool(config.concurrency)
         self._client = HttpClient(
             timeout=config.timeout,
             retry=config.retry,
@@ -102,29 +122,66 @@ class HttpTarget:
         return self._client.retries
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
-        """Send the page's writes in order; a record-level 4xx is kept, anything else raises."""
-        result = WriteResult()
-        for write in writes:
-            try:
-                target_id = self._write_one(write)
-            except EtlError as exc:
-                # the page fails, but the objects created before it exist: hand their ids
-                # back so the engine keeps them and the next run updates, never re-creates
-                exc.partial = result
-                raise
-            except RecordRejected as exc:
-                result.errors[write.external_id] = str(exc)
-                log.event(
-                    logger, "target.record_failed", level=logging.WARNING,
-                    external_id=write.external_id, error=str(exc),
-                )
-                continue
-            if target_id is not None:
-                result.target_ids[write.external_id] = target_id
-        return result
+        """Send the page's writes, `concurrency` requests at a time; return when each has an
+        answer. A record-level 4xx is kept in `errors`; anything else raises, with the ids of
+        what was created meanwhile on the error's `partial`."""
+        return self._pool.run(self._units(writes))
 
     def close(self) -> None:
+        self._pool.close()
         self._client.close()
+
+    def _units(self, writes: Sequence[Write]) -> list[Unit]:
+        """One unit per request, in page order: each batched write joins the open batch (which
+        goes out when full, or before a write of a key it holds), every other write is its own."""
+        batch = self._config.batch
+        units: list[Unit] = []
+        chunk: list[Write] = []
+
+        def flush() -> None:
+            if chunk:
+                keys = tuple(w.external_id for w in chunk)
+                units.append(Unit(keys, partial(self._send_batch, tuple(chunk))))
+                chunk.clear()
+
+        for write in writes:
+            if any(w.external_id == write.external_id for w in chunk):
+                flush()  # a key's second write goes after the batch that holds its first
+            if batch is not None and write.op in BATCHED:
+                chunk.append(write)
+                if len(chunk) >= batch.size:
+                    flush()
+            else:
+                units.append(Unit((write.external_id,), partial(self._send_single, write)))
+        flush()
+        return units
+
+    def _send_single(self, write: Write) -> WriteResult:
+        """One write, one request: its new id, or its error when the target refused the record."""
+        try:
+            target_id = self._write_one(write)
+        except RecordRejected as exc:
+            return self._rejected(WriteResult(errors={write.external_id: str(exc)}))
+        return WriteResult(target_ids={} if target_id is None else {write.external_id: target_id})
+
+    def _send_batch(self, writes: Sequence[Write]) -> WriteResult:
+        """One batch, one request: per-record outcomes from its answer, or all failed by a 4xx."""
+        batch = self._config.batch
+        assert batch is not None, "only a target with `batch` makes batch units"
+        method = batch.method.upper()
+        headers: dict[str, str] = {}
+        if method == "POST" and self._config.idempotency_key:
+            headers["Idempotency-Key"] = batch_key(self._pipeline, writes)
+        try:
+            response = self._request(method, self._join(batch.path), batch_body(batch, writes), headers)
+        except RecordRejected as exc:
+            return self._rejected(every_failed(writes, str(exc)))
+        return self._rejected(batch_outcome(batch, writes, response))
+
+    def _rejected(self, result: WriteResult) -> WriteResult:
+        for key, error in result.errors.items():
+            log.event(logger, "target.record_failed", level=logging.WARNING, external_id=key, error=error)
+        return result
 
     # --- one write ----------------------------------------------------------------
 
@@ -147,24 +204,35 @@ class HttpTarget:
         headers: dict[str, str] = {}
         if method == "POST" and self._config.idempotency_key:
             headers["Idempotency-Key"] = idempotency_key(self._pipeline, role, write.external_id, write.record)
-        try:
-            return self._client.send(
-                method,
-                self._url(operation, write),
-                json=write.record,
-                headers=headers,
-                # a PUT or PATCH carries the whole record: repeating it is harmless
-                idempotent=None if method == "POST" else True,
-            )
-        except FetchError as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in PAGE_FAILURES:
-                raise RecordRejected(_rejection(exc)) from exc
-            raise
+        return self._request(method, self._url(operation, write), write.record, headers)
+
+    def _request(self, method: str, url: str, body: Any, headers: dict[str, str]) -> httpx.Response:
+        """Send until an answer < 400; a 4xx about the record raises RecordRejected.
+
+        A write whose client gave up on 429s goes again (it waits for the throttle's hold)
+        until `retry.max_elapsed` has passed since it was first sent."""
+        first_sent = self._throttle.now()
+        while True:
+            try:
+                return self._client.send(
+                    method, url, json=body, headers=headers,
+                    # a PUT or PATCH carries the whole record: repeating it is harmless
+                    idempotent=None if method == "POST" else True,
+                )
+            except FetchError as exc:
+                if exc.status == 429 and self._throttle.may_resend(first_sent):
+                    continue
+                if exc.status is not None and 400 <= exc.status < 500 and exc.status not in PAGE_FAILURES:
+                    raise RecordRejected(_rejection(exc)) from exc
+                raise
 
     def _url(self, operation: HttpOperation, write: Write) -> str:
         path = operation.path.replace("{external_id}", quote(write.external_id, safe=""))
         if write.target_id is not None:
             path = path.replace("{target_id}", quote(write.target_id, safe=""))
+        return self._join(path)
+
+    def _join(self, path: str) -> str:
         return f"{self._base_url}/{path.lstrip('/')}"
 
 
