@@ -261,7 +261,8 @@ def test_the_http_target_sends_converted_values(tmp_path: Path, api: Api) -> Non
     crm.start()
     try:
         api.body = body(GOOD2, '{"id": 9, "i": "x"}')
-        target = {"type": "http", "base_url": crm.base_url, "upsert": {"method": "PUT", "path": "/contacts/by-key/{external_id}"}}
+        upsert = {"method": "PUT", "path": "/contacts/by-key/{external_id}"}
+        target = {"type": "http", "base_url": crm.base_url, "upsert": upsert}
         result = run(pipeline(tmp_path, api, target), **NO_WAIT)
         sent = [r.body for r in crm.writes()]
     finally:
