@@ -281,7 +281,7 @@ def _from_epoch(seconds: int | float) -> datetime:
         micro = int((exact * 1_000_000).to_integral_value(ROUND_FLOOR))
         return _EPOCH + timedelta(microseconds=micro)
     except (OverflowError, ValueError):
-        raise Rejected("epoch seconds out of range (years 1 to 9999; milliseconds need `/ 1000`?)") from None
+        raise Rejected("epoch seconds out of range (years 1 to 9999; not milliseconds?)") from None
 
 
 def _exact(value: str | ExactFloat) -> Decimal:
