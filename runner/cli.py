@@ -409,6 +409,36 @@ def _print_json(unmatched: list[Problem], results: dict[str, list[Problem]]) -> 
     findings = [p.as_dict() for p in unmatched]
     findings += [p.as_dict() for problems in results.values() for p in problems]
     files = [
+@main.command("init")
+@click.argument("name")
+@click.option("--url", required=True, help="The first page of the records, as a GET.")
+@click.option(
+    "--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+    help="A request header (repeatable); a credential's value goes into a ${NAME_TOKEN}-style variable.",
+)
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write the file (default pipelines/NAME.yaml).")
+@click.option("--force", is_flag=True, help="Replace the file if it exists.")
+def init(name: str, url: str, headers: tuple[str, ...], out: str | None, force: bool) -> None:
+    """Start a pipeline from one GET: records, pagination, external id and typed fields
+    inferred from the response, each guess commented; the file passes `etl validate`."""
+    from runner.authoring.init import init_pipeline
+
+    log.configure()
+    logging.getLogger("runner").setLevel(logging.WARNING)
+    try:
+        written = init_pipeline(name, url, headers=headers, out=out, force=force)
+    except EtlError as exc:
+        _fail(exc)
+    click.echo(f"{written.path}: written from {written.records} records; check each line marked 'guess'")
+    for note in written.notes:
+        click.echo(f"  {note}")
+    if written.variables:
+        click.echo(f"  set {', '.join(written.variables)} before `etl run {written.path}`")
+    for problem in written.problems:
+        click.echo(str(problem), err=True)
+    sys.exit(1 if written.problems else 0)
+
+
         {"file": file, "valid": not any(p.severity == "error" for p in problems)}
         for file, problems in results.items()
     ]

@@ -131,7 +131,7 @@ INVALID: list[tuple[str, str, str, str, int, int]] = [
      "unknown key 'table' in target; valid keys: type, path", 15, 3),
     ("http-needs-operation", "  type: sqlite\n  path: data/out.db\n  table: items\n",
      "  type: http\n  base_url: https://crm.example.com\n",
-     "missing required keys 'create' and 'update' in target; or use 'upsert' instead", 12, 1),
+     "missing required keys 'create' and 'update' in target; or use 'upsert' (or 'batch') instead", 12, 1),
     ("http-upsert-and-create", "  type: sqlite\n  path: data/out.db\n  table: items\n",
      "  type: http\n  base_url: https://crm.example.com\n  upsert: {method: PUT, path: /a}\n"
      "  create: {method: POST, path: /a, id_path: id}\n  update: {method: PUT, path: /a}\n",
