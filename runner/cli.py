@@ -395,20 +395,6 @@ def offline_test(pipeline_file: str, fixtures_dir: str, update: bool, verbose: b
         sys.exit(1)
 
 
-def _print_text(unmatched: list[Problem], results: dict[str, list[Problem]]) -> None:
-    for problem in unmatched:
-        click.echo(str(problem))
-    for file, problems in results.items():
-        for problem in problems:
-            click.echo(str(problem))
-        if not any(p.severity == "error" for p in problems):
-            click.echo(f"{file}: ok")
-
-
-def _print_json(unmatched: list[Problem], results: dict[str, list[Problem]]) -> None:
-    findings = [p.as_dict() for p in unmatched]
-    findings += [p.as_dict() for problems in results.values() for p in problems]
-    files = [
 @main.command("init")
 @click.argument("name")
 @click.option("--url", required=True, help="The first page of the records, as a GET.")
@@ -439,6 +425,20 @@ def init(name: str, url: str, headers: tuple[str, ...], out: str | None, force: 
     sys.exit(1 if written.problems else 0)
 
 
+def _print_text(unmatched: list[Problem], results: dict[str, list[Problem]]) -> None:
+    for problem in unmatched:
+        click.echo(str(problem))
+    for file, problems in results.items():
+        for problem in problems:
+            click.echo(str(problem))
+        if not any(p.severity == "error" for p in problems):
+            click.echo(f"{file}: ok")
+
+
+def _print_json(unmatched: list[Problem], results: dict[str, list[Problem]]) -> None:
+    findings = [p.as_dict() for p in unmatched]
+    findings += [p.as_dict() for problems in results.values() for p in problems]
+    files = [
         {"file": file, "valid": not any(p.severity == "error" for p in problems)}
         for file, problems in results.items()
     ]
