@@ -104,12 +104,17 @@ def validate(paths: tuple[str, ...], env_file: str | None, output_format: str) -
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs (secrets are still masked).")
 @click.option(
+    "--resource", "resources", multiple=True, metavar="NAME",
+    help="Run only this resource of a file in the resources form (and the parents it needs); repeatable.",
+)
+@click.option(
     "--record", "record_dir", type=click.Path(file_okay=False),
     help="Also write every source exchange to this directory (for `etl test`); no secret is written.",
 )
 def run(
     pipelines: tuple[str, ...], dry_run: bool, full_refresh: bool, restart: bool,
-    env_file: str | None, log_format: str, verbose: bool, record_dir: str | None = None,
+    env_file: str | None, log_format: str, verbose: bool, resources: tuple[str, ...] = (),
+    record_dir: str | None = None,
 ) -> None:
     """Run pipelines: fetch -> map -> upsert, idempotent; one after another.
 
@@ -130,7 +135,7 @@ def run(
         for pipeline in loaded:
             code = _run_one(
                 pipeline, stop, dry_run=dry_run, full_refresh=full_refresh, restart=restart,
-                record=(record_dir, env_file) if record_dir is not None else None,
+                record=(record_dir, env_file) if record_dir is not None else None, resources=resources,
             )
             exit_code = exit_code or code
             if code in (130, 143):
@@ -157,7 +162,7 @@ def _load_all(paths: tuple[str, ...], env_file: str | None) -> list[Pipeline]:
 
 def _run_one(
     pipeline: Pipeline, stop: engine.StopFlag, *, dry_run: bool, full_refresh: bool, restart: bool,
-    record: tuple[str, str | None] | None = None,
+    record: tuple[str, str | None] | None = None, resources: tuple[str, ...] = (),
 ) -> int:
     progress = _Progress() if sys.stderr.isatty() else None
     run_pipeline: Callable[..., RunResult] = engine.run
@@ -169,6 +174,7 @@ def _run_one(
         result = run_pipeline(
             pipeline, stop=stop, on_progress=progress,
             dry_run=dry_run, full_refresh=full_refresh, restart=restart,
+            **({"resources": resources} if resources else {}),
         )
     except EtlError as exc:
         _error(f"{pipeline.file or pipeline.name}: {exc}")
@@ -280,6 +286,9 @@ def state_show(name: str, state_path: str | None, dsn: str | None, env_file: str
     name, store = _open_state(name, state_path, dsn, env_file, read_only=True)
     try:
         shown = store.show(name)
+        parts = store.resources(name)  # the resources form: each resource's state
+        if parts:
+            shown["resources"] = {key.partition("/")[2]: store.show(key) for key in parts}
     except EtlError as exc:
         _fail(exc)
     finally:
@@ -301,11 +310,16 @@ def _format_state(shown: dict[str, Any]) -> str:
         lines.append(
             f"  {r['started_at']}  {r['run_id']}  {r['status']:<11} processed={r.get('processed', 0)} "
             f"created={r.get('created', 0)} updated={r.get('updated', 0)} skipped={r.get('skipped', 0)} "
-            f"failed={r.get('failed', 0)}"
+            f"deleted={r.get('deleted', 0)} failed={r.get('failed', 0)}"
         )
     lines.append(f"failed records: {shown['failed_total']}")
     for f in shown["failed"]:
         lines.append(f"  {f['external_id'] or '(no key)'}: {f['error']}  raw={json.dumps(f['raw'], default=str)[:200]}")
+    if shown.get("pending"):
+        lines.append(f"pending child work: {shown['pending']} parents")
+    for resource, part in shown.get("resources", {}).items():
+        lines.append(f"\nresource {resource}:")
+        lines.extend(f"  {line}" for line in _format_state(part).splitlines()[1:])
     return "\n".join(lines)
 
 

@@ -21,8 +21,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,20 +32,25 @@ import httpx
 from runner import log
 from runner.config import load_pipeline, templates
 from runner.db import require_postgres_driver
-from runner.errors import EtlError, FetchError, Interrupted, StateError
+from runner.errors import EtlError, FetchError, Interrupted, StateError, UsageError
 from runner.extract.pagination import PageRequest, paginator_for
 from runner.extract.prefetch import prefetch
-from runner.extract.reader import SourceReader
+from runner.extract.children import ChildReader, with_parent
+from runner.extract.reader import Page, SourceReader
 from runner.http.client import HttpClient
 from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUnavailable
 from runner.load.apply import PageResult
+from runner.load.deletes import deleted_at, delete_missing, incomplete, sweep_for
 from runner.load.plan import Checkpoint, Planner
 from runner.load.process import Setup
 from runner.load.watermark import Cursor, IncrementalCursor, SyncToken, cursor_for
-from runner.model import Pipeline, PostgresTargetConfig, Source, SqliteTargetConfig
+from runner.model import Expr, Pipeline, PostgresTargetConfig, Resource, Source, SqliteTargetConfig
 from runner.result import Counts, RunResult, RunStatus
 from runner.state import RunRecord, StateStore, open_store
-from runner.state.base import now_iso
+from runner.state.base import FailedRecord, now_iso
+from runner.state.pending import DryRunPending
+from runner.config.templates import TemplateValueError
+from runner.transform.expressions import json_kind
 from runner.targets import Target, dry_run_target, open_target
 from runner.transform.values import INT64
 
@@ -90,6 +96,7 @@ def run(
     on_progress: Progress | None = None,
     source_transport: httpx.BaseTransport | None = None,
     store: StateStore | None = None,
+    resources: Sequence[str] = (),
 ) -> RunResult:
     """Run one pipeline; return its RunResult, or raise EtlError (with `.result`) when it fails.
 
@@ -97,10 +104,14 @@ def run(
     `stop` is set by a signal handler to end the run after the page in hand.
     `source_transport` carries the source's requests only, not the http target's (recording
     and replaying them: `runner.authoring`); `store`, when given, is used instead of the
-    configured state store, and closed at the end like it.
+    configured state store, and closed at the end like it. `resources` (the resources form)
+    runs only those resources, and the parents they need.
     """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline, env=env, env_file=env_file)
+    if resources and not pipeline.resources:
+        raise UsageError("--resource names a resource, and this file has none: it is in the simple form "
+                         "(`mapping`), not `resources`")
     if isinstance(pipeline.target, PostgresTargetConfig):  # else the writer process finds out, after a fetch
         require_postgres_driver("the postgres target")
     log.add_secrets(pipeline.secrets)
@@ -116,6 +127,10 @@ def run(
                 options = _Options(
                     dry_run, full_refresh, restart, transport, sleep, stdout or sys.stdout, source_transport
                 )
+                if pipeline.resources:
+                    return _Resources(
+                        pipeline, store, run_id, options, stop or StopFlag(), on_progress, started, resources
+                    ).execute()
                 return _Run(pipeline, store, run_id, options, stop or StopFlag(), on_progress, started).execute()
         except EtlError as exc:
             if exc.result is None:  # the lock, or the store before the run began
@@ -144,19 +159,22 @@ class _Run:
 
     def __init__(
         self, pipeline: Pipeline, store: StateStore, run_id: str, options: _Options, stop: StopFlag,
-        on_progress: Progress | None, started: float,
+        on_progress: Progress | None, started: float, *, part: _Part | None = None,
     ) -> None:
         self.pipeline, self.store, self.options, self.stop = pipeline, store, options, stop
         self.on_progress, self.started = on_progress, started
-        self.record = RunRecord(run_id=run_id, started_at=now_iso())
+        self.part = part  # the resources form: this run is one resource of the file's run
+        self.record = RunRecord(run_id=run_id if part is None else f"{run_id}/{part.name}", started_at=now_iso())
         self.halt = threading.Event()  # set when any part fails: every wait ends
         self.counts = Counts()
         self.pages = 0  # pages committed (numbered on from a checkpoint)
         self.checkpoint = self._checkpoint()
         self.cursor = self._cursor()
+        self.sweep = sweep_for(pipeline.target, run_id, dry_run=options.dry_run)  # deletes.missing only
         self.source = pipeline.source  # with its templates filled, once `_open` ran
         self.client: HttpClient | None = None
         self.reader: SourceReader | None = None
+        self.children: ChildReader | None = None  # a child resource's reader
         self.applier: Applier | None = None
         self.target: Target | None = None  # opened in this process (the http target counts its requests)
 
@@ -180,8 +198,11 @@ class _Run:
 
     def _open(self) -> None:
         """The client, the applier (which opens the target, or starts the writer), the run row, the reader."""
+        if self.part is not None and self.part.child is not None:
+            self._open_child(self.part, self.part.child)
+            return
         pipeline, source = self.pipeline, self._filled_source()
-        self.client = HttpClient(
+        self.client = self.part.client if self.part is not None else HttpClient(
             timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
             headers=source.headers, max_response_bytes=source.max_response_bytes,
             transport=self.options.source_transport, sleep=self._wait,
@@ -196,10 +217,54 @@ class _Run:
         self.store.start_run(pipeline.name, self.record)
         params = self.cursor.params(source.params) if self.cursor else dict(source.params)
         self.reader = SourceReader(
-            source=source, send=self.client.send, params=params, start=self._start(),
+            source=source, send=self._sender(source), params=params, start=self._start(),
             restart=self._token_expired if isinstance(self.cursor, SyncToken) else None,
             exact_numbers="decimal" in pipeline.mapping.column_types.values(),
         )
+
+    def _sender(self, source: Source) -> Callable[..., httpx.Response]:
+        """The client's `send`; with a shared client (the resources form), one that adds
+        the resource's own headers to each request."""
+        assert self.client is not None
+        send = self.client.send
+        if self.part is None or not source.headers:
+            return send
+        headers = dict(source.headers)
+
+        def with_headers(method: str, url: str, **kwargs: Any) -> httpx.Response:
+            kwargs["headers"] = {**headers, **(kwargs.get("headers") or {})}
+            return send(method, url, **kwargs)
+
+        return with_headers
+
+    def _open_child(self, part: _Part, child: _Child) -> None:
+        """A child resource: its pages come from the work its parent recorded, per parent."""
+        self.client = part.client
+        self.applier = self._applier()
+        self.store.start_run(self.pipeline.name, self.record)
+        self.children = ChildReader(
+            work=lambda after, limit: self.store.pending_work(self.pipeline.name, after=after, limit=limit),
+            fetch=self._child_pages, concurrency=self.pipeline.source.concurrency, halt=self.halt,
+        )
+
+    def _child_pages(self, parent: Any) -> Iterator[Page]:
+        """One parent's child pages: the list `from_parent` names, or the child's requests
+        with `_parent` in their templates; each record gets `_parent`."""
+        assert self.part is not None and self.part.child is not None
+        from_parent = self.part.child.from_parent
+        if from_parent is not None:
+            found = from_parent.search(parent)
+            if found is not None and not isinstance(found, list):
+                raise TemplateValueError(
+                    f"from_parent {from_parent.text!r} gave {json_kind(found)}, not a list",
+                    key="from_parent", template=from_parent.text,
+                )
+            yield Page(1, PageRequest(""), with_parent(found or [], parent), None)
+            return
+        source = templates.fill(self.pipeline.source, {"_parent": parent, "watermark": None}, file=self.pipeline.file)
+        reader = SourceReader(source=source, send=self._sender(source), params=dict(source.params))
+        for page in reader.pages():
+            yield replace(page, records=with_parent(page.records, parent))
 
     def _filled_source(self) -> Source:
         """The source with its request templates filled: once per run, since the watermark
@@ -227,9 +292,16 @@ class _Run:
 
     def _pump(self) -> None:
         """Pages from the reader (fetched ahead) through the planner to the applier."""
+        if self.children is not None:
+            self._pump_children(self.children)
+            return
         assert self.reader is not None and self.applier is not None
         int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
-        planner = Planner(self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range)
+        planner = Planner(
+            self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range,
+            deleted_at=deleted_at(self.record.started_at), sweep=self.sweep,
+        )
+        planner.children = self.part.children if self.part is not None else ()
         pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES, stop=self.stop)
         with closing(pages):
             try:
@@ -240,10 +312,64 @@ class _Run:
             except BaseException:
                 self.halt.set()  # before the pages are closed: their waits end now
                 raise
+        if not self.stop.is_set():
+            self._delete_missing()
         applier, self.applier = self.applier, None
         applier.close()
         if self.stop.is_set():
             raise Interrupted(self.stop.reason)
+
+    def _pump_children(self, children: ChildReader) -> None:
+        """A child resource's pages, parent after parent, through the planner to the applier:
+        the page that ends a parent's children also removes its recorded work, in the same
+        state transaction; a parent whose requests failed gets one failed record."""
+        assert self.applier is not None and self.part is not None
+        int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
+        planner = Planner(self.pipeline.mapping, cursor=None, int_range=int_range)
+        planner.children = self.part.children
+        batches = children.batches()
+        with closing(batches):
+            try:
+                for batch in batches:
+                    empty = Page(0, PageRequest(""), [], None)
+                    plan = planner.plan(batch.page if batch.page is not None else empty)
+                    plan.checkpoint = None  # the recorded work is a child's checkpoint
+                    if batch.last:
+                        plan.done = [batch.key]
+                    if batch.error is not None:
+                        failure = f"parent {batch.key}: {batch.error}"
+                        plan.failed.append(FailedRecord(f"parent:{batch.key}", batch.parent, log.redact(failure)))
+                        log.event(logger, "child.failed", level=logging.WARNING, parent=batch.key, error=failure)
+                    self.applier.submit(plan)
+                    if self.stop.is_set():
+                        break
+            except BaseException:
+                self.halt.set()
+                raise
+        applier, self.applier = self.applier, None
+        applier.close()
+        if self.stop.is_set():
+            raise Interrupted(self.stop.reason)
+
+    def _delete_missing(self) -> None:
+        """deletes.missing: once every page is committed, a complete read deletes the keys it
+        did not read (`runner.load.deletes`: the guard, the plans of deletes)."""
+        sweep, applier, reader = self.sweep, self.applier, self.reader
+        if sweep is None or applier is None or reader is None:
+            return
+        reason = incomplete(
+            stopped_by=reader.stopped_by, incremental=self.pipeline.source.incremental is not None,
+            full_refresh=self.options.full_refresh, resumed=self.checkpoint is not None, keyless=sweep.keyless,
+        )
+        if reason is not None:
+            log.event(logger, "deletes.skipped", reason=reason)
+            return
+        applier.flush()  # the marks of every page are committed: the unmarked keys are missing
+        delete_missing(
+            self.store, self.pipeline.name, sweep, self.pipeline.target.deletes, self.pipeline.target,
+            submit=applier.submit, last_page=self.pages, deleted_at=deleted_at(self.record.started_at),
+            dry_run=self.options.dry_run,
+        )
 
     def _close(self, error: EtlError | None) -> EtlError | None:
         """Close what is open; a failure here never hides the run's first error."""
@@ -262,7 +388,7 @@ class _Run:
             applier.close()
 
     def _close_client(self) -> None:
-        if self.client is not None:
+        if self.client is not None and self.part is None:  # a shared client is the file's to close
             self.client.close()
 
     # --- parts --------------------------------------------------------------------
@@ -271,7 +397,7 @@ class _Run:
         """The writer process for a database target, else (or when it cannot start) inline."""
         pipeline, committed = self.pipeline, self.checkpoint.dumps() if self.checkpoint else None
         if self.options.dry_run:
-            target = dry_run_target(self.options.stdout)
+            target = dry_run_target(self.options.stdout, resource=self.part.name if self.part else None)
             return InlineApplier(
                 pipeline.name, self.store, target, pipeline.mapping.names, committed=committed,
                 on_committed=self._committed, types=pipeline.mapping.column_types,
@@ -382,6 +508,8 @@ class _Run:
         fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
         if fields["error"] is None:
             del fields["error"]
+        if self.part is not None:
+            fields = {"resource": self.part.name, **fields}
         log.event(logger, "run.summary", level=logging.INFO if done else logging.ERROR, **fields)
         if error is not None:
             error.result = result
@@ -389,18 +517,149 @@ class _Run:
         return result
 
     def _result(self, status: RunStatus, error: EtlError | None) -> RunResult:
-        client, target = self.client, self.target
+        client, target, part = self.client, self.target, self.part
+        # a resource's share of the shared client's requests, and its own time
+        requests_before, retries_before, started = (0, 0, self.started) if part is None else part.before
         return RunResult(
-            run_id=self.record.run_id, pipeline=self.pipeline.name, status=status, counts=self.counts,
-            pages=self.pages,
-            requests=(client.requests if client else 0) + int(getattr(target, "requests", 0)),
-            retries=(client.retries if client else 0) + int(getattr(target, "retries", 0)),
-            elapsed_ms=int((time.monotonic() - self.started) * 1000),
+            run_id=self.record.run_id.partition("/")[0], pipeline=self.pipeline.name.partition("/")[0],
+            status=status, counts=self.counts, pages=self.pages,
+            requests=(client.requests - requests_before if client else 0) + int(getattr(target, "requests", 0)),
+            retries=(client.retries - retries_before if client else 0) + int(getattr(target, "retries", 0)),
+            elapsed_ms=int((time.monotonic() - started) * 1000),
             stopped_by=self.reader.stopped_by if self.reader else None,
             dry_run=self.options.dry_run, resumed=self.checkpoint is not None,
             error=log.redact(str(error)) if error else None,
             exit_code=_exit_code(error, self.counts),
         )
+
+
+@dataclass(frozen=True)
+class _Child:
+    """How a child resource gets its records: its parent, and `from_parent` (no request) or its source."""
+
+    parent: str
+    from_parent: Expr | None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One resource's run inside a file's run: the shared client and what the resource is."""
+
+    name: str
+    client: HttpClient
+    children: tuple[tuple[str, bool], ...]  # (child's state key, changed_only): work its records make
+    child: _Child | None
+    before: tuple[int, int, float]  # the client's requests and retries, and the time, when it began
+
+
+class _Resources:
+    """A file in the resources form: its resources in file order (a parent before its
+    children), each a `_Run` with its own state key (`name/resource`), over one HTTP client:
+    one connection pool, one rate limit, one OAuth2 token. The first resource that fails
+    ends the run; the counts are per resource, and a last `run.summary` sums them."""
+
+    def __init__(
+        self, pipeline: Pipeline, store: StateStore, run_id: str, options: _Options, stop: StopFlag,
+        on_progress: Progress | None, started: float, only: Sequence[str],
+    ) -> None:
+        # a dry run records no child work in the store: it is kept in memory
+        store = DryRunPending.wrap(store) if options.dry_run else store
+        self.pipeline, self.store, self.run_id, self.options = pipeline, store, run_id, options
+        self.stop, self.on_progress, self.started = stop, on_progress, started
+        self.selected = _selected(pipeline, only)
+        self.current: _Run | None = None
+
+    def execute(self) -> RunResult:
+        pipeline = self.pipeline
+        source = pipeline.resources[0].source
+        client = HttpClient(
+            timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
+            max_response_bytes=source.max_response_bytes, transport=self.options.source_transport,
+            sleep=self._wait, origin=source.url, deadline=self.started + source.limits.max_seconds,
+        )
+        results: list[tuple[str, RunResult]] = []
+        error: EtlError | None = None
+        try:
+            for resource in self.selected:
+                result, error = self._one(resource, client)
+                results.append((resource.name, result))
+                if error is not None:
+                    break
+        finally:
+            client.close()
+        total = _summed(pipeline.name, self.run_id, results, error, self.options.dry_run, self.started)
+        fields = {k: v for k, v in total.as_dict().items() if k not in ("run_id", "pipeline")}
+        if fields["error"] is None:
+            del fields["error"]
+        log.event(logger, "run.summary", level=logging.INFO if error is None else logging.ERROR,
+                  resources=len(results), **fields)
+        if error is not None:
+            error.result = total
+            raise error
+        return total
+
+    def _one(self, resource: Resource, client: HttpClient) -> tuple[RunResult, EtlError | None]:
+        pipeline = self.pipeline
+        children = tuple(
+            (pipeline.state_key(r.name), r.changed_only) for r in self.selected if r.parent == resource.name
+        )
+        child = None if resource.parent is None else _Child(resource.parent, resource.from_parent)
+        part = _Part(resource.name, client, children, child, (client.requests, client.retries, time.monotonic()))
+        sub = replace(
+            pipeline, name=pipeline.state_key(resource.name), source=resource.source, mapping=resource.mapping,
+            target=resource.target, resources=(),
+        )
+        self.current = _Run(
+            sub, self.store, self.run_id, self.options, self.stop, self.on_progress, self.started, part=part
+        )
+        try:
+            return self.current.execute(), None
+        except EtlError as exc:
+            assert exc.result is not None  # _Run._finish attaches it
+            return exc.result, exc
+
+    def _wait(self, seconds: float) -> None:
+        """The shared client's waits end with the resource that is running."""
+        if self.current is not None:
+            self.current._wait(seconds)
+        else:
+            self.options.sleep(seconds)
+
+
+def _selected(pipeline: Pipeline, only: Sequence[str]) -> list[Resource]:
+    """The resources to run, in file order: all, or those named and every parent they need."""
+    if not only:
+        return list(pipeline.resources)
+    by_name = {r.name: r for r in pipeline.resources}
+    unknown = [name for name in only if name not in by_name]
+    if unknown:
+        raise UsageError(f"unknown resource {', '.join(map(repr, unknown))}; its resources: {', '.join(by_name)}")
+    wanted: set[str] = set()
+    for name in only:
+        at: str | None = name
+        while at is not None and at not in wanted:
+            wanted.add(at)
+            at = by_name[at].parent
+    return [r for r in pipeline.resources if r.name in wanted]
+
+
+def _summed(
+    name: str, run_id: str, results: list[tuple[str, RunResult]], error: EtlError | None, dry_run: bool,
+    started: float,
+) -> RunResult:
+    """The file's result: the resources' counts, requests and pages added up."""
+    counts = Counts()
+    for _, result in results:
+        counts.add(result.counts)
+    stopped = [r.stopped_by for _, r in results if r.stopped_by]
+    return RunResult(
+        run_id=run_id, pipeline=name, status=_run_status(error, counts), counts=counts,
+        pages=sum(r.pages for _, r in results), requests=sum(r.requests for _, r in results),
+        retries=sum(r.retries for _, r in results), elapsed_ms=int((time.monotonic() - started) * 1000),
+        stopped_by=stopped[0] if stopped else None, dry_run=dry_run,
+        resumed=any(r.resumed for _, r in results), error=log.redact(str(error)) if error else None,
+        exit_code=_exit_code(error, counts), resources={n: r for n, r in results},
+    )
 
 
 def _wants_writer(pipeline: Pipeline) -> bool:

@@ -83,6 +83,12 @@ class ConfigError(EtlError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class UsageError(EtlError):
+    """The command asks for what the pipeline does not have (`--resource` of an unknown name)."""
+
+    exit_code = 2
+
+
 class FetchError(EtlError):
     """A request failed for good: after retries, or with a status no retry can fix."""
 

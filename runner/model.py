@@ -307,6 +307,7 @@ class MappingSpec:
     # typed fields only (`{path, type}`), in file order; an untyped field keeps its JSON value
     types: tuple[tuple[str, FieldType], ...] = ()
     required: frozenset[str] = frozenset()  # fields whose null or missing value fails the record
+    deleted: Expr | None = None  # truthy -> the record is a deletion of its key
 
     @property
     def column_types(self) -> dict[str, FieldType]:
@@ -323,9 +324,19 @@ class MappingSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Deletes:
+    """`target.deletes`: whether a complete run deletes the keys it did not read, and how."""
+
+    missing: bool = False
+    mode: Literal["hard", "soft"] = "hard"
+    max_fraction: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
 class SqliteTargetConfig:
     path: Path
     table: str
+    deletes: Deletes = Deletes()
     type: Literal["sqlite"] = "sqlite"
 
 
@@ -334,12 +345,14 @@ class PostgresTargetConfig:
     dsn: Secret
     table: str
     schema: str | None = None
+    deletes: Deletes = Deletes()
     type: Literal["postgres"] = "postgres"
 
 
 @dataclass(frozen=True, slots=True)
 class JsonlTargetConfig:
     path: str  # '-' is stdout
+    deletes: Deletes = Deletes()
     type: Literal["jsonl"] = "jsonl"
 
 
@@ -368,12 +381,14 @@ class HttpTargetConfig:
     upsert: HttpOperation | None = None
     create: HttpOperation | None = None
     update: HttpOperation | None = None
+    delete: HttpOperation | None = None
     auth: Auth | None = None
     headers: Mapping[str, str] = field(default_factory=frozen_map)
     timeout: Timeout = Timeout()
     retry: Retry = Retry()
     rate_limit: RateLimit | None = None
     idempotency_key: bool = True
+    deletes: Deletes = Deletes()
     concurrency: int = 4  # writes in flight at once
     batch: HttpBatch | None = None
     type: Literal["http"] = "http"
@@ -400,3 +415,27 @@ class Pipeline:
     # every secret value of the file (auth credentials, env values used in auth, DSNs):
     # the log filter and the error path scrub them
     secrets: frozenset[str] = field(default=frozenset(), repr=False)
+    # the resources form: every endpoint, in file order (a parent before its children);
+    # `source`, `mapping` and `target` above are then the first resource's. Empty in the simple form.
+    resources: tuple[Resource, ...] = ()
+
+    def state_key(self, resource: str | None = None) -> str:
+        """Where the state store keeps a resource's state: the pipeline's name in the simple
+        form (so stores written before resources existed keep working), `name/resource` else."""
+        return self.name if resource is None else f"{self.name}/{resource}"
+
+
+# --- resources --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One endpoint of a file in the resources form, its defaults already laid in."""
+
+    name: str
+    source: Source  # a `from_parent` child's is its parent's (it makes no request)
+    mapping: MappingSpec
+    target: TargetConfig
+    parent: str | None = None
+    changed_only: bool = False  # children only for parent records this run created or updated
+    from_parent: Expr | None = None  # the child's records are this list inside the parent record

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 RunStatus = Literal["success", "partial", "failed", "interrupted"]
@@ -17,6 +17,7 @@ class Counts:
     updated: int = 0
     skipped: int = 0  # unchanged (same content hash), filtered out, or repeated in one page
     failed: int = 0  # failed in mapping or at the target; kept in the state store
+    deleted: int = 0  # keys deleted: marked by mapping.deleted, or missing after a complete read
 
     def add(self, other: Counts) -> None:
         for name in _COUNT_FIELDS:
@@ -43,8 +44,12 @@ class RunResult:
     resumed: bool = False
     error: str | None = None
     exit_code: int = 0
+    resources: dict[str, RunResult] = field(default_factory=dict)  # the resources form: each one's result
 
     def as_dict(self) -> dict[str, Any]:
         """The result's fields and counts, flat (the `run.summary` event and the runs table)."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("counts", "exit_code")}
+        data = {
+            name: getattr(self, name) for name in self.__dataclass_fields__
+            if name not in ("counts", "exit_code", "resources")
+        }
         return {**data, **asdict(self.counts)}

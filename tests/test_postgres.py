@@ -74,7 +74,7 @@ def test_new_database_is_migrated_to_the_latest_version(store: PostgresStateStor
     """Opening an empty database creates the etl_state tables and records the schema version."""
     assert query(dsn, "SELECT max(version) FROM etl_state.migrations") == [(len(MIGRATIONS),)]
     tables = {r[0] for r in query(dsn, "SELECT tablename FROM pg_tables WHERE schemaname='etl_state'")}
-    assert tables == {"migrations", "pipelines", "keys", "failed", "runs", "locks"}
+    assert tables == {"migrations", "pipelines", "keys", "failed", "runs", "locks", "pending"}
     PostgresStateStore(dsn).close()  # opening again migrates nothing
     assert query(dsn, "SELECT count(*) FROM etl_state.migrations") == [(len(MIGRATIONS),)]
 
@@ -177,7 +177,7 @@ def test_runs_are_recorded_and_shown(store: PostgresStateStore) -> None:
     assert store.show("p", runs=1)["runs"][0]["run_id"] == "r2"
 
 
-EMPTY = {"watermark": None, "checkpoint": None, "keys": 0, "lock": None, "runs": [], "failed_total": 0, "failed": []}
+EMPTY = {"watermark": None, "checkpoint": None, "keys": 0, "pending": 0, "lock": None, "runs": [], "failed_total": 0, "failed": []}
 
 
 def test_show_returns_each_part_of_a_pipeline_state(store: PostgresStateStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,7 +193,7 @@ def test_show_returns_each_part_of_a_pipeline_state(store: PostgresStateStore, m
     with store.lock("p", "r2"):
         shown = store.show("p")
     assert shown == {
-        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": '{"page": 2}', "keys": 2,
+        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": '{"page": 2}', "keys": 2, "pending": 0,
         "lock": {"run_id": "r2", "pid": os.getpid(), "host": socket.gethostname(), "acquired_at": "T"},
         "runs": [
             {"run_id": "r1", "status": "partial", "started_at": "t1", "finished_at": "t2", "created": 2, "failed": 1},

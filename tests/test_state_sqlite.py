@@ -116,7 +116,7 @@ def test_show_returns_each_part_of_a_pipeline_state(store: SqliteStateStore, mon
     with store.lock("p", "r2"):
         shown = store.show("p")
     assert shown == {
-        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": checkpoint, "keys": 2,
+        "pipeline": "p", "watermark": {"at": 5}, "checkpoint": checkpoint, "keys": 2, "pending": 0,
         "lock": {"run_id": "r2", "pid": os.getpid(), "host": socket.gethostname(), "acquired_at": "T"},
         "runs": [
             {"run_id": "r1", "status": "partial", "started_at": "t1", "finished_at": "t2", "created": 2, "failed": 1},
@@ -124,9 +124,9 @@ def test_show_returns_each_part_of_a_pipeline_state(store: SqliteStateStore, mon
         "failed_total": 1,
         "failed": [{"external_id": "c", "error": "bad", "failed_at": "T", "raw": {"id": "c"}}],
     }
-    assert list(shown) == ["pipeline", "watermark", "checkpoint", "keys", "lock", "runs", "failed_total", "failed"]
+    assert list(shown) == ["pipeline", "watermark", "checkpoint", "keys", "pending", "lock", "runs", "failed_total", "failed"]
     assert store.show("other") == {
-        "pipeline": "other", "watermark": None, "checkpoint": None, "keys": 0, "lock": None,
+        "pipeline": "other", "watermark": None, "checkpoint": None, "keys": 0, "pending": 0, "lock": None,
         "runs": [], "failed_total": 0, "failed": [],
     }
 

@@ -14,7 +14,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from runner import model
 
 from runner.transform import functions
 
-from runner.config import templates, yamlpos
+from runner.config import resources, templates, yamlpos
 from runner.errors import ConfigError, Problem
 from runner.config.interpolate import interpolate
 from runner.config.lint import lint
@@ -66,12 +66,16 @@ EXPRESSIONS: tuple[KeyPath, ...] = (
     ("source", "incremental", "reset_when"),
     ("mapping", "external_id"),
     ("mapping", "filter"),
+    ("mapping", "deleted"),
     ("target", "create", "id_path"),
     ("target", "batch", "body"),
     ("target", "batch", "results"),
     ("target", "batch", "id_path"),
 )
-PLACEHOLDERS = {"upsert": {"external_id"}, "create": {"external_id"}, "update": {"external_id", "target_id"}}
+PLACEHOLDERS = {
+    "upsert": {"external_id"}, "create": {"external_id"}, "update": {"external_id", "target_id"},
+    "delete": {"external_id", "target_id"},
+}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
@@ -154,6 +158,16 @@ class _Report:
 
 
 @dataclass
+class _ViewReport(_Report):
+    """A resource's problems, found in its simple-form document, placed where the file says it."""
+
+    view: resources.View | None = None
+
+    def add(self, path: KeyPath, message: str, *, key: bool = False, severity: Severity = "error") -> None:
+        super().add(self.view.where(path) if self.view is not None else path, message, key=key, severity=severity)
+
+
+@dataclass
 class _Analysis:
     file: str
     problems: list[Problem]
@@ -161,6 +175,7 @@ class _Analysis:
     compiled: dict[KeyPath, ParsedResult] = field(default_factory=dict)
     env_values: dict[KeyPath, list[str]] = field(default_factory=dict)
     templates: list[templates.Template] = field(default_factory=list)
+    views: dict[str, _Analysis] = field(default_factory=dict)  # the resources form: one per resource
 
 
 def _analyse(
@@ -178,22 +193,74 @@ def _analyse(
     values = interpolate(doc.data, variables, plain=doc.plain)
     _env_problems(values.missing, values.malformed, report, strict)
     unchecked = set(values.missing) | set(values.malformed) | _non_finite(values.data, report) | doc.unreadable
-    for key_path, message, key in schema_findings(values.data, skip=unchecked):
-        report.add(key_path, message, key=key)
-    compiled = _expressions(values.data, report, unchecked)
-    for key_path, parsed in compiled.items():
-        for message in lint(key_path, str(_get(values.data, key_path)), parsed.parsed):
-            report.add(key_path, message, severity="warning")
-    _placeholder_problems(values.data, report)
-    _batch_problems(values.data, report)
-    _driver_problems(values.data, report)
-    _state_file_problems(values.data, report)
-    _source_problems(values.data, report)
-    found_templates, broken = _templates(doc.data, values.data, variables, report, unchecked)
-    sends = broken or any(t.uses("watermark") for t in found_templates)
-    _incremental_problems(values.data, report, watermark_in_templates=sends)
+    views: dict[str, _Analysis] = {}
+    if resources.in_use(values.data):
+        compiled, found_templates = _resource_checks(doc.data, values.data, variables, report, unchecked, views)
+    else:
+        for key_path, message, key in schema_findings(values.data, skip=unchecked):
+            report.add(key_path, message, key=key)
+        compiled, found_templates = _document_checks(doc.data, values.data, variables, report, unchecked)
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
-    return _Analysis(file, _unique(report.problems), values.data, compiled, values.used, found_templates)
+    return _Analysis(file, _unique(report.problems), values.data, compiled, values.used, found_templates, views)
+
+
+def _document_checks(
+    raw: Any, data: Any, variables: Mapping[str, str], report: _Report, unchecked: Container[KeyPath]
+) -> tuple[dict[KeyPath, ParsedResult], list[templates.Template]]:
+    """Every check past the schema of one simple-form document (`raw`: before `${VAR}`):
+    its compiled expressions and templates."""
+    compiled = _expressions(data, report, unchecked)
+    for key_path, parsed in compiled.items():
+        for message in lint(key_path, str(_get(data, key_path)), parsed.parsed):
+            report.add(key_path, message, severity="warning")
+    _placeholder_problems(data, report)
+    _batch_problems(data, report)
+    _delete_problems(data, report)
+    _driver_problems(data, report)
+    _state_file_problems(data, report)
+    _source_problems(data, report)
+    found_templates, broken = _templates(raw, data, variables, report, unchecked)
+    sends = broken or any(t.uses("watermark") for t in found_templates)
+    _incremental_problems(data, report, watermark_in_templates=sends)
+    return compiled, found_templates
+
+
+_VIEWED = ("source", "target", "mapping")  # in the resources form, checked per resource
+
+
+def _viewed(path: KeyPath) -> bool:
+    return path[:1] in [(k,) for k in _VIEWED] or (path[:1] == ("resources",) and path[2:3] in [(k,) for k in _VIEWED])
+
+
+def _resource_checks(
+    raw: dict[str, Any], data: dict[str, Any], variables: Mapping[str, str], report: _Report,
+    unchecked: set[KeyPath], views: dict[str, _Analysis],
+) -> tuple[dict[KeyPath, ParsedResult], list[templates.Template]]:
+    """The resources form: the file's own keys against the schema, then each resource as a
+    simple-form document (the defaults laid in) whose problems are placed back in the file."""
+    for key_path, message, key in schema_findings(data, skip=unchecked):
+        if not _viewed(key_path):  # the views below report those, with the defaults laid in
+            report.add(key_path, message, key=key)
+    resources.form_problems(data, report.add)
+    compiled: dict[KeyPath, ParsedResult] = {}
+    raw_views = {view.name: view for view in resources.views(raw)}
+    for view in resources.views(data):
+        sub = _ViewReport(report.file, report.doc, report.problems, view=view)
+        hidden = resources.Unchecked(unchecked, view)
+        for key_path, message, key in schema_findings(view.data, skip=hidden):
+            if _viewed(key_path) or not key_path:
+                sub.add(key_path, message, key=key)
+        raw_view = raw_views.get(view.name, view).data
+        view_compiled, view_templates = _document_checks(raw_view, view.data, variables, sub, hidden)
+        resources.view_problems(view, sub.add)
+        from_parent = view.own.get("from_parent")
+        place: KeyPath = ("resources", view.name, "from_parent")
+        if isinstance(from_parent, str) and from_parent and place not in unchecked:
+            parsed = _compile(from_parent, place, report)
+            if parsed is not None:
+                compiled[place] = parsed
+        views[view.name] = _Analysis(report.file, [], view.data, view_compiled, {}, view_templates)
+    return compiled, []
 
 
 def _read(file: str, report: _Report) -> str | None:
@@ -259,7 +326,7 @@ def _env_problems(
 # --- expressions and placeholders ------------------------------------------------------------
 
 
-def _expressions(data: Any, report: _Report, unchecked: set[KeyPath]) -> dict[KeyPath, ParsedResult]:
+def _expressions(data: Any, report: _Report, unchecked: Container[KeyPath]) -> dict[KeyPath, ParsedResult]:
     compiled: dict[KeyPath, ParsedResult] = {}
     for path in _expression_paths(data):
         text = _get(data, path)
@@ -318,7 +385,7 @@ def _function_names(node: Any) -> Iterable[str]:
 
 
 def _templates(
-    raw: Any, data: Any, variables: Mapping[str, str], report: _Report, unchecked: set[KeyPath]
+    raw: Any, data: Any, variables: Mapping[str, str], report: _Report, unchecked: Container[KeyPath]
 ) -> tuple[list[templates.Template], bool]:
     """Every `{{ EXPR }}` string, compiled; and whether one was broken. Walked with a stack.
 
@@ -412,6 +479,30 @@ def _batch_problems(data: Any, report: _Report) -> None:
         report.add(
             ("target", "batch", "path"),
             f"placeholder '{{{name}}}' in batch path: a batch holds many keys, so its path takes none",
+        )
+
+
+def _delete_problems(data: Any, report: _Report) -> None:
+    """Deletes the target cannot carry out: an http target without a `delete` operation, a
+    soft delete where there is no row to mark, a `{target_id}` that no create stores."""
+    target = _get(data, ("target",))
+    if not isinstance(target, dict) or target.get("type") != "http":
+        return
+    deletes = target.get("deletes")
+    wants = [path for path in (("target", "deletes"), ("mapping", "deleted")) if _get(data, path) is not None]
+    if "delete" not in target:
+        for path in wants:
+            report.add(path, f"{dotted(path)} needs a `delete: {{method, path}}` operation in the http target")
+    if isinstance(deletes, dict) and deletes.get("mode") == "soft":
+        report.add(
+            ("target", "deletes", "mode"),
+            "an http target has no row to mark deleted: use `mode: hard` (its `delete` request)",
+        )
+    path = _get(data, ("target", "delete", "path"))
+    if isinstance(path, str) and "{target_id}" in path and "create" not in target:
+        report.add(
+            ("target", "delete", "path"),
+            "{target_id} is the id a `create` (with id_path) stored; without `create` use {external_id}",
         )
 
 
@@ -542,6 +633,8 @@ class _Builder:
         self.data: dict[str, Any] = found.data
 
     def pipeline(self) -> model.Pipeline:
+        if self.found.views:
+            return self.resource_pipeline()
         return model.Pipeline(
             name=self.data["name"],
             description=self.data.get("description", ""),
@@ -551,6 +644,31 @@ class _Builder:
             state=self.state(self.data.get("state", {})),
             file=self.found.file,
             secrets=self.secrets(),
+        )
+
+    def resource_pipeline(self) -> model.Pipeline:
+        """The resources form: each resource built from its view (the defaults laid in); the
+        pipeline's own source, mapping and target are the first resource's."""
+        built: dict[str, model.Resource] = {}
+        secrets = set(self.secrets())
+        for name, view in self.found.views.items():
+            builder = _Builder(view)
+            own = self.data["resources"][name]
+            parent = own.get("parent")
+            parent_name = parent.get("resource") if isinstance(parent, dict) else parent
+            from_parent = self.expr(("resources", name, "from_parent"))
+            source = builder.source(view.data["source"]) if from_parent is None else built[str(parent_name)].source
+            built[name] = model.Resource(
+                name=name, source=source, mapping=builder.mapping(), target=builder.target(view.data["target"]),
+                parent=parent_name, changed_only=bool(isinstance(parent, dict) and parent.get("changed_only")),
+                from_parent=from_parent,
+            )
+            secrets.update(builder.secrets())
+        first = next(iter(built.values()))
+        return model.Pipeline(
+            name=self.data["name"], description=self.data.get("description", ""), source=first.source,
+            mapping=first.mapping, target=first.target, state=self.state(self.data.get("state", {})),
+            file=self.found.file, secrets=frozenset(secrets), resources=tuple(built.values()),
         )
 
     def expr(self, path: KeyPath) -> model.Expr | None:
@@ -615,16 +733,20 @@ class _Builder:
             filter=self.expr(("mapping", "filter")),
             types=tuple((name, value["type"]) for name, value in long_form.items() if "type" in value),
             required=frozenset(name for name, value in long_form.items() if value.get("required")),
+            deleted=self.expr(("mapping", "deleted")),
         )
 
     def target(self, d: dict[str, Any]) -> model.TargetConfig:
-        kind = d["type"]
+        kind, deletes = d["type"], _deletes(d.get("deletes"))
         if kind == "sqlite":
-            return model.SqliteTargetConfig(path=_resolve(d["path"]), table=d["table"])
+            return model.SqliteTargetConfig(path=_resolve(d["path"]), table=d["table"], deletes=deletes)
         if kind == "postgres":
-            return model.PostgresTargetConfig(dsn=model.Secret(d["dsn"]), table=d["table"], schema=d.get("schema"))
+            return model.PostgresTargetConfig(
+                dsn=model.Secret(d["dsn"]), table=d["table"], schema=d.get("schema"), deletes=deletes
+            )
         if kind == "jsonl":
-            return model.JsonlTargetConfig(path=d["path"] if d["path"] == "-" else str(_resolve(d["path"])))
+            path = d["path"] if d["path"] == "-" else str(_resolve(d["path"]))
+            return model.JsonlTargetConfig(path=path, deletes=deletes)
         return self.http_target(d)
 
     def http_target(self, d: dict[str, Any]) -> model.HttpTargetConfig:
@@ -633,10 +755,12 @@ class _Builder:
             upsert=_operation(d.get("upsert")),
             create=_operation(d.get("create"), self.expr(("target", "create", "id_path"))),
             update=_operation(d.get("update")),
+            delete=_operation(d.get("delete") and {"method": "DELETE", **d["delete"]}),
             auth=_auth(d.get("auth")),
             headers=_headers(d.get("headers")),
             **_http_behaviour(d),
             idempotency_key=d.get("idempotency_key", True),
+            deletes=_deletes(d.get("deletes")),
             concurrency=d.get("concurrency", 4),
             batch=self.batch(d.get("batch")),
         )
@@ -658,8 +782,14 @@ class _Builder:
     def secrets(self) -> frozenset[str]:
         values = [v for path in _secret_paths(self.data) if isinstance(v := _get(self.data, path), str)]
         env_values = self.found.env_values.items()
-        from_env = [v for path, used in env_values if path[:2] in SECRET_BLOCKS for v in used]
+        from_env = [v for path, used in env_values if _in_secret_block(path) for v in used]
         return frozenset(v for v in [*values, *from_env] if v)
+
+
+def _in_secret_block(path: KeyPath) -> bool:
+    """Whether a place of the file is inside a block whose values are secrets: a source's
+    or target's auth, a DSN; in the resources form, a resource's own blocks too."""
+    return path[:2] in SECRET_BLOCKS or (path[:1] == ("resources",) and path[2:4] in SECRET_BLOCKS)
 
 
 def _secret_paths(data: Any) -> list[KeyPath]:
@@ -737,6 +867,13 @@ def _joined(base_url: str, path: str) -> str:
 
 def _operation(d: dict[str, Any] | None, id_path: model.Expr | None = None) -> model.HttpOperation | None:
     return model.HttpOperation(method=d["method"], path=d["path"], id_path=id_path) if d else None
+
+
+def _deletes(d: dict[str, Any] | None) -> model.Deletes:
+    d = d or {}
+    return model.Deletes(
+        missing=d.get("missing", False), mode=d.get("mode", "hard"), max_fraction=float(d.get("max_fraction", 0.5))
+    )
 
 
 def _headers(d: Mapping[str, Any] | None) -> Mapping[str, str]:

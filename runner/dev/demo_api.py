@@ -20,8 +20,11 @@ for `link_header` (as GitHub) and 10 for `stripe` (as Stripe):
     GET /items/stripe       ?starting_after=&limit=  {"object": "list", "data", "has_more"}
     GET /items/page         ?page=&per_page=      {"data", "page", "per_page", "total_pages", "total"}
     GET /items/offset       ?offset=&limit=       {"data", "offset", "limit", "total"}
+    GET /items/{id}/notes  ?page=&per_page=      the item's notes (a child endpoint): {"data", "page",
+                           "total_pages"}; `id % 4` notes (or --notes-per-item); 404 for no such item
     POST /_admin/update/{id}   JSON body = changes (updated_at is bumped)
     POST /_admin/add?n=N       appends N records
+    POST /_admin/remove/{id}   the item's notes answer 404 from now on (deleted between two requests)
 
 Faults (`Faults`) are drawn from a hash of the seed, the request target and
 how many times that target was asked for, so they are the same run after run
@@ -42,11 +45,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from runner.dev.demo_data import Store, View, encode
+from runner.dev.demo_data import EPOCH, Store, View, encode, format_instant
 from runner.timestamps import parse_timestamp
 from runner.dev.localserver import Handler, LocalServer
 
@@ -254,6 +257,7 @@ class DemoApi(LocalServer):
         seed: int = 0,
         faults: Faults | None = None,
         log_size: int = 10_000,
+        notes_per_item: int | None = None,
     ) -> None:
         super().__init__(port)
         self.latency_ms = latency_ms
@@ -263,6 +267,8 @@ class DemoApi(LocalServer):
         self._endpoints = _Endpoints(self)
         self._attempts: Counter[str] = Counter()
         self._attempts_lock = threading.Lock()
+        self.notes_per_item = notes_per_item  # the child endpoint's notes per item; None: id % 4
+        self.removed: set[int] = set()  # items whose notes answer 404
 
     # --- data -------------------------------------------------------------------
 
@@ -305,11 +311,37 @@ class DemoApi(LocalServer):
         q = _Query(parts.query)
         if method == "POST" and segments[:1] == ["_admin"]:
             return self._admin(segments[1:], q, body)
+        if method == "GET" and len(segments) == 3 and segments[0] == "items" and segments[2] == "notes":
+            return self._notes(segments[1], q)
         if method != "GET" or len(segments) != 2 or segments[0] != "items" or segments[1] not in STYLES:
             raise KeyError(parts.path)
         endpoint: Callable[[View, _Query], _Reply] = getattr(self._endpoints, segments[1])
         by_time = q.values.get("sort") == "updated_at"
         return endpoint(self._store.current.view(q.since(), by_time=by_time), q)
+
+    def notes(self, item_id: int) -> list[dict[str, Any]]:
+        """The notes of one item (the child endpoint): `id % 4` of them, unless `notes_per_item`."""
+        count = self.notes_per_item if self.notes_per_item is not None else item_id % 4
+        return [
+            {"id": f"{item_id}-{n}", "item_id": item_id, "text": f"note {n} on item {item_id}",
+             "created_at": format_instant(EPOCH + timedelta(minutes=item_id * 10 + n), timezone.utc)}
+            for n in range(1, count + 1)
+        ]
+
+    def _notes(self, raw_id: str, q: _Query) -> _Reply:
+        """GET /items/{id}/notes?page=N&per_page=M: numbered pages with `total_pages`; 404 for
+        an item that does not exist or was removed (`POST /_admin/remove/{id}`)."""
+        try:
+            item_id = int(raw_id)
+        except ValueError:
+            raise _BadRequest(f"item id must be an integer, got {raw_id!r}") from None
+        if not 1 <= item_id <= len(self._store.current.records) or item_id in self.removed:
+            raise KeyError(f"item {item_id}")
+        page, per_page = q.integer("page", 1, 1), q.integer("per_page", 20, 1)
+        notes = self.notes(item_id)
+        chunk = notes[(page - 1) * per_page: page * per_page]
+        total_pages = max(1, -(-len(notes) // per_page))
+        return _Reply(200, json.dumps({"data": chunk, "page": page, "total_pages": total_pages}).encode())
 
     def _admin(self, segments: list[str], q: _Query, body: bytes) -> _Reply:
         if segments[:1] == ["update"] and len(segments) == 2:
@@ -321,6 +353,9 @@ class DemoApi(LocalServer):
             except KeyError:
                 raise KeyError(f"record {segments[1]}") from None
             return _Reply(200, encode(record))
+        if segments[:1] == ["remove"] and len(segments) == 2:
+            self.removed.add(int(segments[1]))  # its notes answer 404 from now on
+            return _Reply(200, b"{}")
         if segments == ["add"]:
             added = self.add_records(q.integer("n", 1, 1))
             return _Reply(200, _join(encode(r) for r in added))
@@ -370,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--notes-per-item", type=int, default=None)
     parser.add_argument("--error-rate", type=float, default=0)
     parser.add_argument("--rate-limit-rate", type=float, default=0)
     parser.add_argument("--drop-rate", type=float, default=0)
@@ -386,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    api = DemoApi(args.records, port=args.port, latency_ms=args.latency_ms, seed=args.seed, faults=faults)
+    api = DemoApi(
+        args.records, port=args.port, latency_ms=args.latency_ms, seed=args.seed, faults=faults,
+        notes_per_item=args.notes_per_item,
+    )
     with api:
         print(api.base_url, flush=True)
         while not done.wait(0.5):

@@ -41,6 +41,14 @@ class PagePlan:
     checkpoint: str | None
     counts: Counts  # planning's counts: processed, skipped (filtered, repeated)
     cursors: dict[str, Any] = field(default_factory=dict)  # external_id -> incremental cursor value
+    deleted: list[str] = field(default_factory=list)  # keys this page deletes (none of them in `mapped`)
+    deleted_at: str = ""  # the run's start: what a soft delete writes
+    seen: list[str] | None = None  # with deletes.missing: every key the page read, marked in the store
+    sweep: str | None = None  # the run id those marks carry
+    # resources: child work that the page's written records make (see `_pending`)
+    children: tuple[tuple[str, bool], ...] = ()  # (child's state key, changed_only)
+    parents: dict[str, str] = field(default_factory=dict)  # external_id -> its source record as JSON
+    done: list[str] = field(default_factory=list)  # a child's page: parent keys whose children it completes
 
 
 @dataclass(slots=True)
@@ -71,7 +79,8 @@ def decide(plans: Sequence[PagePlan], known: dict[str, KeyState], hashed: Sequen
 
     A key unknown to the store is created, a key whose hash differs is updated, an equal
     hash is unchanged. A key written by two pages is written once, with its newest record;
-    when an earlier page of the batch created it, that write stays a create.
+    when an earlier page of the batch created it, that write stays a create. A deleted key
+    the store (or the batch) has is deleted; one it does not have is unchanged.
     """
     known = dict(known)
     final: dict[str, Write] = {}
@@ -94,6 +103,15 @@ def decide(plans: Sequence[PagePlan], known: dict[str, KeyState], hashed: Sequen
                 write = Write("create", key, record)  # created in this batch: one create, newest record
             known[key] = KeyState(digest, write.target_id)
             final[key], hashes[key] = write, digest
+        for key in plan.deleted:
+            state = known.pop(key, None)
+            if state is None:
+                unchanged[index] += 1  # not in the store: deleted already, or never written
+                continue
+            write = Write("delete", key, {"_deleted_at": plan.deleted_at}, state.target_id)
+            decided.append((index, write))
+            final[key] = write
+            hashes.pop(key, None)
     return Decision(list(final.values()), hashes, decided, unchanged)
 
 
@@ -108,7 +126,10 @@ def apply_plans(
     committed before these pages: where pages that fail part-way leave the target ids they made.
     """
     hashed = [{key: hasher(record) for key, record in plan.mapped} for plan in plans]
-    known = store.key_states(pipeline, list({key: None for page in hashed for key in page}))
+    keys = {key: None for page in hashed for key in page}
+    for plan in plans:
+        keys.update(dict.fromkeys(plan.deleted))
+    known = store.key_states(pipeline, list(keys))
     decision = decide(plans, known, hashed)
     result = _write(pipeline, store, target, decision.writes, committed) if decision.writes else WriteResult()
     store.commit_page(pipeline, _page_commit(plans, decision, result))
@@ -119,16 +140,45 @@ def _page_commit(plans: Sequence[PagePlan], decision: Decision, result: WriteRes
     """Hashes and target ids of what was written; failures of mapping and of the target."""
     rows: list[tuple[str, str | None, str | None]] = []
     succeeded: list[str] = []
+    deleted: list[str] = []
     failed = _mapping_failures(plans, decision, result)
     for write in decision.writes:
         key = write.external_id
         error = result.errors.get(key)
         if error is not None:
-            failed.append(FailedRecord(key, write.record, log.redact(error)))
+            raw = {"op": "delete"} if write.op == "delete" else write.record
+            failed.append(FailedRecord(key, raw, log.redact(error)))
             continue
-        rows.append((key, decision.hashes[key], result.target_ids.get(key)))
+        if write.op == "delete":
+            deleted.append(key)
+        else:
+            rows.append((key, decision.hashes[key], result.target_ids.get(key)))
         succeeded.append(key)
-    return PageCommit(rows, failed, succeeded, plans[-1].checkpoint)
+    seen = [key for plan in plans if plan.seen for key in plan.seen]
+    done = [key for plan in plans for key in plan.done]
+    if done:  # a parent's children succeeded: its earlier `parent:<key>` failure is cleared
+        failing = {f.external_id for f in failed}
+        succeeded.extend(key for key in (f"parent:{k}" for k in done) if key not in failing)
+    return PageCommit(
+        rows, failed, succeeded, plans[-1].checkpoint, deleted=deleted, seen=seen, sweep=plans[-1].sweep,
+        pending=_pending(plans, decision, result), done=done,
+    )
+
+
+def _pending(plans: Sequence[PagePlan], decision: Decision, result: WriteResult) -> list[tuple[str, str, str]]:
+    """The child work of the pages' parent records, recorded with them: every record the
+    target took (a `changed_only` child: only those created or updated now)."""
+    if not any(plan.children for plan in plans):
+        return []
+    changed = {w.external_id for _, w in decision.decided if w.op in ("create", "update")}
+    rows: list[tuple[str, str, str]] = []
+    for plan in plans:
+        for key, parent in plan.parents.items():
+            if key in result.errors:
+                continue
+            rows.extend((child, key, parent) for child, changed_only in plan.children
+                        if not changed_only or key in changed)
+    return rows
 
 
 def _mapping_failures(plans: Sequence[PagePlan], decision: Decision, result: WriteResult) -> list[FailedRecord]:
@@ -158,6 +208,8 @@ def _page_result(plans: Sequence[PagePlan], decision: Decision, result: WriteRes
             continue
         if write.op == "create":
             total.created += 1
+        elif write.op == "delete":
+            total.deleted += 1
         else:
             total.updated += 1
     total.failed += sum(len(plan.failed) for plan in plans) + len(result.errors)

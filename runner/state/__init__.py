@@ -40,7 +40,7 @@ def open_known(config: StateConfig, pipeline: str, *, read_only: bool = False) -
             raise _no_state(pipeline, str(config.path))
         store = SqliteStateStore(config.path, read_only=read_only)
     try:
-        if not store.knows(pipeline):
+        if not store.knows(pipeline) and not store.resources(pipeline):
             raise _no_state(pipeline, store.location)
     except BaseException:
         store.close()

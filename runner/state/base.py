@@ -66,6 +66,13 @@ class PageCommit:
     failed: Sequence[FailedRecord]
     succeeded: Sequence[str]  # keys whose earlier failures are cleared
     checkpoint: str | None
+    # child resources' work that this page's records make: (child's state key, parent key,
+    # the parent's source record as JSON), recorded with the page (resources, parent/child)
+    pending: Sequence[tuple[str, str, str]] = ()
+    done: Sequence[str] = ()  # parent keys whose children this page completes: their work goes
+    deleted: Sequence[str] = ()  # keys deleted in the target: their rows (hash, target id) go
+    seen: Sequence[str] = ()  # keys the run read (deletes.missing): marked with `sweep`
+    sweep: str | None = None
 
 
 class StateStore(Protocol):
@@ -99,7 +106,16 @@ class StateStore(Protocol):
         ...
 
     def commit_page(self, pipeline: str, commit: PageCommit) -> None:
-        """Write one page's hashes, failures and checkpoint in one transaction."""
+        """Write one page's hashes, failures and checkpoint in one transaction; remove the rows
+        of its deleted keys, and mark its seen keys with its sweep."""
+        ...
+
+    def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
+        """(keys held, keys of them not marked seen by `sweep`)."""
+        ...
+
+    def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        """Up to `limit` keys after `after` (in key order) not marked seen by `sweep`."""
         ...
 
     def start_run(self, pipeline: str, run: RunRecord) -> None:
@@ -112,6 +128,15 @@ class StateStore(Protocol):
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
         """Everything `etl state show` prints, as a JSON-ready dict (see `build_show`)."""
+        ...
+
+    def pending_work(self, pipeline: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
+        """A child resource's recorded work, oldest first, past sequence number `after`:
+        (sequence, parent key, parent record as JSON)."""
+        ...
+
+    def resources(self, pipeline: str) -> list[str]:
+        """The state keys of a resources-form pipeline's resources (`name/resource`), sorted."""
         ...
 
     def reset(self, pipeline: str) -> None:
@@ -174,7 +199,7 @@ class StateQueries(Protocol):
         """Whether any table holds a row of the pipeline."""
         ...
 
-    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
+    def count(self, table: Literal["keys", "failed", "pending"], pipeline: str) -> int:
         """The number of the pipeline's rows in `table`."""
         ...
 
@@ -203,6 +228,7 @@ def build_show(queries: StateQueries, pipeline: str, *, runs: int, failed: int, 
         "watermark": watermark,
         "checkpoint": checkpoint,
         "keys": queries.count("keys", pipeline),
+        "pending": queries.count("pending", pipeline),  # child work recorded, not yet done
         "lock": queries.lock_holder(pipeline),
         "runs": [
             {"run_id": run_id, "status": status, "started_at": started, "finished_at": finished,

@@ -71,6 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
         pipeline text PRIMARY KEY, run_id text, pid integer, host text, acquired_at text,
         backend_pid integer)
     """,
+    # 2: a child resource's work per parent record, recorded with the parent's page
+    """
+    CREATE TABLE etl_state.pending (
+        seq bigserial PRIMARY KEY, pipeline text NOT NULL, parent_key text NOT NULL,
+        parent text NOT NULL, UNIQUE (pipeline, parent_key))
+    """,
+    # 3: deletes.missing: the run that last read the key (written only by pipelines that use it)
+    "ALTER TABLE etl_state.keys ADD COLUMN IF NOT EXISTS seen_run text",
 )
 
 
@@ -274,6 +282,16 @@ class PostgresStateStore(LockingStore):
                     "updated_at=excluded.updated_at",
                     (pipeline, stamp, list(hashes), [h for h, _ in hashes.values()], [t for _, t in hashes.values()]),
                 )
+            if commit.deleted:
+                db.execute(
+                    f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND external_id = ANY(%s::text[])",
+                    (pipeline, list(commit.deleted)),
+                )
+            if commit.seen and commit.sweep is not None:
+                db.execute(
+                    f"UPDATE {SCHEMA}.keys SET seen_run=%s WHERE pipeline=%s AND external_id = ANY(%s::text[])",
+                    (commit.sweep, pipeline, list(commit.seen)),
+                )
             if commit.succeeded:
                 db.execute(
                     f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s AND fkey = ANY(%s::text[])",
@@ -289,7 +307,62 @@ class PostgresStateStore(LockingStore):
                     "raw=excluded.raw, error=excluded.error, failed_at=excluded.failed_at",
                     (pipeline, stamp, list(failed), *(list(column) for column in zip(*rows, strict=True))),
                 )
+            if commit.pending:
+                work = {(name, key): parent for name, key, parent in commit.pending}  # one row per key
+                db.execute(
+                    f"INSERT INTO {SCHEMA}.pending (pipeline, parent_key, parent) "
+                    "SELECT u.name, u.key, u.parent FROM unnest(%s::text[], %s::text[], %s::text[]) "
+                    "AS u(name, key, parent) ON CONFLICT (pipeline, parent_key) DO UPDATE SET parent=excluded.parent",
+                    ([n for n, _ in work], [k for _, k in work], list(work.values())),
+                )
+            if commit.done:
+                db.execute(
+                    f"DELETE FROM {SCHEMA}.pending WHERE pipeline=%s AND parent_key = ANY(%s::text[])",
+                    (pipeline, list(commit.done)),
+                )
             self._set_pipeline(db, pipeline, checkpoint=checkpoint)
+
+    def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
+        if self._empty:
+            return 0, 0
+        with self._errors():
+            row = self._db.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE seen_run IS DISTINCT FROM %s) FROM {SCHEMA}.keys "
+                "WHERE pipeline=%s", (sweep, pipeline),
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        if self._empty:
+            return []
+        with self._errors():
+            rows = self._db.execute(
+                f"SELECT external_id FROM {SCHEMA}.keys WHERE pipeline=%s AND external_id > %s "
+                "AND seen_run IS DISTINCT FROM %s ORDER BY external_id LIMIT %s", (pipeline, after, sweep, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def pending_work(self, pipeline: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
+        if self._empty:
+            return []
+        with self._errors():
+            rows = self._db.execute(
+                f"SELECT seq, parent_key, parent FROM {SCHEMA}.pending WHERE pipeline=%s AND seq>%s "
+                "ORDER BY seq LIMIT %s", (pipeline, after, limit),
+            ).fetchall()
+        return [(int(seq), key, parent) for seq, key, parent in rows]
+
+    def resources(self, pipeline: str) -> list[str]:
+        if self._empty:
+            return []
+        prefix = pipeline.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "/%"
+        with self._errors():
+            rows = self._db.execute(
+                " UNION ".join(f"SELECT pipeline FROM {SCHEMA}.{t} WHERE pipeline LIKE %(p)s"
+                               for t in ("pipelines", "runs", "pending")) + " ORDER BY 1",
+                {"p": prefix},
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def _set_pipeline(self, db: psycopg.Connection[Any], pipeline: str, **values: Any) -> None:
         """Upsert the pipeline's row, setting `updated_at` and the given columns."""
@@ -331,14 +404,20 @@ class PostgresStateStore(LockingStore):
         checkpoint, hashes and failures, and drop run rows whose counts are not an object;
         keep target ids (no duplicates) and the readable run history."""
         self._refuse_when_read_only(f"reset {pipeline!r}")
+        names = [pipeline, *self.resources(pipeline)]  # the resources form: each resource's state
         with self.lock(pipeline, reset_run_id()), self._tx() as db, db.pipeline():
-            db.execute(f"UPDATE {SCHEMA}.pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=%s", (pipeline,))
-            db.execute(f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND target_id IS NULL", (pipeline,))
-            db.execute(f"UPDATE {SCHEMA}.keys SET hash=NULL WHERE pipeline=%s", (pipeline,))
-            db.execute(f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s", (pipeline,))
-            db.execute(
-                f"DELETE FROM {SCHEMA}.runs WHERE pipeline=%s AND jsonb_typeof(counts) <> 'object'", (pipeline,)
-            )
+            for name in names:
+                self._reset(db, name)
+
+    def _reset(self, db: psycopg.Connection[Any], pipeline: str) -> None:
+        db.execute(f"DELETE FROM {SCHEMA}.pending WHERE pipeline=%s", (pipeline,))
+        db.execute(f"UPDATE {SCHEMA}.pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=%s", (pipeline,))
+        db.execute(f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND target_id IS NULL", (pipeline,))
+        db.execute(f"UPDATE {SCHEMA}.keys SET hash=NULL WHERE pipeline=%s", (pipeline,))
+        db.execute(f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s", (pipeline,))
+        db.execute(
+            f"DELETE FROM {SCHEMA}.runs WHERE pipeline=%s AND jsonb_typeof(counts) <> 'object'", (pipeline,)
+        )
 
     # --- show ----------------------------------------------------------------
 
@@ -378,8 +457,8 @@ class _Queries:
         ).fetchone()
         return bool(row and row[0])
 
-    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
-        # `table` is one of two names (its type says which), never input
+    def count(self, table: Literal["keys", "failed", "pending"], pipeline: str) -> int:
+        # `table` is one of three names (its type says which), never input
         row = self._db.execute(f"SELECT count(*) FROM {SCHEMA}.{table} WHERE pipeline=%s", (pipeline,)).fetchone()
         return 0 if row is None else int(row[0])
 
@@ -419,7 +498,7 @@ class _NoTables:
     def knows(self, pipeline: str) -> bool:
         return False
 
-    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
+    def count(self, table: Literal["keys", "failed", "pending"], pipeline: str) -> int:
         return 0
 
     def lock_holder(self, pipeline: str) -> dict[str, Any] | None:
@@ -433,7 +512,7 @@ class _NoTables:
 
 
 # every table that holds rows of a pipeline (`knows`)
-_TABLES = ("pipelines", "runs", "keys", "failed", "locks")
+_TABLES = ("pipelines", "runs", "keys", "failed", "locks", "pending")
 
 
 def _merge_hashes(rows: Sequence[tuple[str, str | None, str | None]]) -> dict[str, tuple[str | None, str | None]]:

@@ -64,6 +64,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE locks (
         pipeline TEXT PRIMARY KEY, run_id TEXT, pid INTEGER, host TEXT, acquired_at TEXT);
     """,
+    # 2: a child resource's work per parent record, recorded with the parent's page
+    """
+    CREATE TABLE pending (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, parent_key TEXT NOT NULL,
+        parent TEXT NOT NULL, UNIQUE (pipeline, parent_key));
+    """,
+    # 3: deletes.missing: the run that last read the key (written only by pipelines that use it)
+    "ALTER TABLE keys ADD COLUMN seen_run TEXT",
 )
 
 _CHUNK = 500  # keys per IN (...) lookup, well under SQLite's variable limit
@@ -250,6 +258,15 @@ class SqliteStateStore(LockingStore):
                 "ON CONFLICT (pipeline, external_id) DO UPDATE SET hash=excluded.hash, "
                 "target_id=COALESCE(excluded.target_id, keys.target_id), updated_at=excluded.updated_at",
             )
+            if commit.deleted:
+                db.executemany(
+                    "DELETE FROM keys WHERE pipeline=? AND external_id=?", [(pipeline, key) for key in commit.deleted]
+                )
+            if commit.seen and commit.sweep is not None:
+                db.executemany(
+                    "UPDATE keys SET seen_run=? WHERE pipeline=? AND external_id=?",
+                    [(commit.sweep, pipeline, key) for key in commit.seen],
+                )
             if commit.succeeded and _has_failures(db, pipeline):
                 db.executemany(
                     "DELETE FROM failed WHERE pipeline=? AND fkey=?",
@@ -260,7 +277,50 @@ class SqliteStateStore(LockingStore):
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 [(pipeline, *row, stamp) for row in failed],
             )
+            if commit.pending:
+                db.executemany(
+                    "INSERT INTO pending (pipeline, parent_key, parent) VALUES (?, ?, ?) "
+                    "ON CONFLICT (pipeline, parent_key) DO UPDATE SET parent=excluded.parent", commit.pending,
+                )
+            if commit.done:
+                db.executemany(
+                    "DELETE FROM pending WHERE pipeline=? AND parent_key=?", [(pipeline, key) for key in commit.done]
+                )
             self._set_pipeline(db, pipeline, checkpoint=checkpoint)
+
+    def pending_work(self, pipeline: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
+        with self._errors():
+            rows: list[tuple[int, str, str]] = self._db.execute(
+                "SELECT seq, parent_key, parent FROM pending WHERE pipeline=? AND seq>? ORDER BY seq LIMIT ?",
+                (pipeline, after, limit),
+            ).fetchall()
+        return rows
+
+    def resources(self, pipeline: str) -> list[str]:
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT pipeline FROM pipelines WHERE substr(pipeline, 1, ?)=? UNION "
+                "SELECT pipeline FROM runs WHERE substr(pipeline, 1, ?)=? UNION "
+                "SELECT pipeline FROM pending WHERE substr(pipeline, 1, ?)=? ORDER BY 1",
+                (len(pipeline) + 1, pipeline + "/") * 3,
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
+        with self._errors():
+            total, unseen = self._db.execute(
+                "SELECT COUNT(*), COUNT(*) - COUNT(CASE WHEN seen_run=? THEN 1 END) FROM keys WHERE pipeline=?",
+                (sweep, pipeline),
+            ).fetchone()
+        return int(total), int(unseen)
+
+    def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT external_id FROM keys WHERE pipeline=? AND external_id>? AND seen_run IS NOT ? "
+                "ORDER BY external_id LIMIT ?", (pipeline, after, sweep, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def _set_pipeline(self, db: sqlite3.Connection, pipeline: str, **values: str | None) -> None:
         """Upsert the pipeline's row with `values` (watermark, checkpoint) in one statement."""
@@ -300,14 +360,20 @@ class SqliteStateStore(LockingStore):
         """Under the pipeline's lock (LockError while a run holds it): clear watermark,
         checkpoint, hashes and failures, and drop run rows that cannot be read; keep target
         ids (no duplicates) and the readable run history."""
+        names = [pipeline, *self.resources(pipeline)]  # the resources form: each resource's state
         with self.lock(pipeline, reset_run_id()), self._tx() as db:
-            db.execute("UPDATE pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=?", (pipeline,))
-            db.execute("UPDATE keys SET hash=NULL WHERE pipeline=?", (pipeline,))
-            db.execute("DELETE FROM keys WHERE pipeline=? AND target_id IS NULL", (pipeline,))
-            db.execute("DELETE FROM failed WHERE pipeline=?", (pipeline,))
-            runs = db.execute("SELECT run_id, counts FROM runs WHERE pipeline=?", (pipeline,)).fetchall()
-            unreadable = [(run_id,) for run_id, counts in runs if not _json_object(counts)]
-            db.executemany("DELETE FROM runs WHERE run_id=?", unreadable)
+            for name in names:
+                self._reset(db, name)
+
+    def _reset(self, db: sqlite3.Connection, pipeline: str) -> None:
+        db.execute("DELETE FROM pending WHERE pipeline=?", (pipeline,))
+        db.execute("UPDATE pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=?", (pipeline,))
+        db.execute("UPDATE keys SET hash=NULL WHERE pipeline=?", (pipeline,))
+        db.execute("DELETE FROM keys WHERE pipeline=? AND target_id IS NULL", (pipeline,))
+        db.execute("DELETE FROM failed WHERE pipeline=?", (pipeline,))
+        runs = db.execute("SELECT run_id, counts FROM runs WHERE pipeline=?", (pipeline,)).fetchall()
+        unreadable = [(run_id,) for run_id, counts in runs if not _json_object(counts)]
+        db.executemany("DELETE FROM runs WHERE run_id=?", unreadable)
 
     # --- show ----------------------------------------------------------------
 
@@ -345,8 +411,8 @@ class _Queries:
         ).fetchone()
         return found is not None
 
-    def count(self, table: Literal["keys", "failed"], pipeline: str) -> int:
-        # `table` is one of two names (its type says which), never input
+    def count(self, table: Literal["keys", "failed", "pending"], pipeline: str) -> int:
+        # `table` is one of three names (its type says which), never input
         found: int = self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE pipeline=?", (pipeline,)).fetchone()[0]
         return found
 
@@ -378,7 +444,7 @@ class _Queries:
 
 
 # every table that holds rows of a pipeline (`knows`)
-_TABLES = ("pipelines", "runs", "keys", "failed", "locks")
+_TABLES = ("pipelines", "runs", "keys", "failed", "locks", "pending")
 
 
 def _json_object(text: str | None) -> bool:

@@ -21,7 +21,8 @@ def open_target(
     if isinstance(config, JsonlTargetConfig):
         from runner.targets.jsonl import JsonlTarget
 
-        return JsonlTarget.for_path(config.path)
+        resource = str(kwargs.get("pipeline", "")).partition("/")[2]  # the resources form's `name/resource`
+        return JsonlTarget.for_path(config.path, resource=resource or None)
     if isinstance(config, PostgresTargetConfig):
         require_postgres_driver("the postgres target")  # a ConfigError naming the extra, not an ImportError
         from runner.targets.postgres import PostgresTarget
@@ -34,11 +35,11 @@ def open_target(
     raise TypeError(f"unknown target {config!r}")
 
 
-def dry_run_target(stream: IO[str]) -> Target:
+def dry_run_target(stream: IO[str], *, resource: str | None = None) -> Target:
     """The dry-run target: prints each intended write as the jsonl target would write it."""
     from runner.targets.jsonl import JsonlTarget
 
-    return JsonlTarget(stream, close_stream=False)
+    return JsonlTarget(stream, close_stream=False, resource=resource)
 
 
 __all__ = ["Target", "Write", "WriteResult", "dry_run_target", "open_target"]
