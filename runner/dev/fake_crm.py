@@ -5,6 +5,8 @@ A `LocalServer` on 127.0.0.1 that keeps contacts in memory:
     POST  /contacts                      create; 201 {"id": "c_<n>", ...fields}
     PATCH /contacts/{id}                 merge the body into contact {id}; 404 if unknown
     PUT   /contacts/by-key/{external_id} upsert keyed by external_id; 201 new, 200 replaced
+    DELETE /contacts/{id}                delete contact {id}; 200 {"id", "deleted": true}; 404 if unknown
+    DELETE /contacts/by-key/{external_id} the same, by external_id
     GET   /contacts                      {"data": [every contact]}
     POST  /contacts/batch/upsert         {"inputs": [record, ...]}: each upserted by its "key";
                                          200 {"results": [one entry per input, in order]}, an
@@ -225,6 +227,10 @@ class FakeCrm(LocalServer):
             return self._patch(parts[1], body)
         if method == "PUT" and len(parts) == 3 and parts[1] == "by-key":
             return self._put_by_key(parts[2], body)
+        if method == "DELETE" and len(parts) == 2:
+            return self._delete(parts[1])
+        if method == "DELETE" and len(parts) == 3 and parts[1] == "by-key":
+            return self._delete(self._by_key.get(parts[2]))
         return 405, {"error": f"{method} not allowed on {path}"}, False
 
     def _create(self, key: str | None, body: dict[str, Any]) -> tuple[int, Any, bool]:
@@ -312,6 +318,12 @@ class FakeCrm(LocalServer):
         if not isinstance(item.get("key"), str) or not item["key"]:
             return 400, "an input needs a string 'key' to upsert by"
         return self._fault(item)
+
+    def _delete(self, object_id: str | None) -> tuple[int, Any, bool]:
+        if object_id is None or self.objects.pop(object_id, None) is None:
+            return 404, {"error": f"no contact {object_id}"}, False
+        self._by_key = {key: oid for key, oid in self._by_key.items() if oid != object_id}
+        return 200, {"id": object_id, "deleted": True}, False
 
     def _new(self, body: dict[str, Any]) -> dict[str, Any]:
         object_id = f"c_{self._next_id}"

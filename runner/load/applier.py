@@ -52,6 +52,9 @@ class Applier(Protocol):
     def submit(self, plan: PagePlan) -> None:
         """Hand one plan over (pages committed meanwhile are told as they come)."""
 
+    def flush(self) -> None:
+        """Wait until every plan handed over is committed; raise the first error."""
+
     def close(self) -> None:
         """Wait until every plan handed over is committed, close what was opened; raise the first error."""
 
@@ -72,6 +75,9 @@ class InlineApplier:
         result = apply_plans(self._pipeline, self._store, self.target, self._hasher, [plan], committed=self._committed)
         self._committed = result.last_checkpoint
         self._on_committed(result)
+
+    def flush(self) -> None:
+        """Nothing waits: `submit` committed each plan."""
 
     def close(self) -> None:
         self.target.close()
@@ -115,6 +121,11 @@ class ProcessApplier:
             self._drain()
             return
         self._in_flight += 1
+
+    def flush(self) -> None:
+        """Wait until the writer committed every plan sent (it goes on running)."""
+        while self._inline is None and self._in_flight > 0:
+            self._receive()
 
     def close(self) -> None:
         error: EtlError | None = None

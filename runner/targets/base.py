@@ -11,7 +11,10 @@ from typing import Any, Literal, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    op: Literal["create", "update"]
+    """One key's change. A `delete` has no fields: its record holds only `_deleted_at` (the
+    run's start, which a soft delete writes); the jsonl target prints its record as null."""
+
+    op: Literal["create", "update", "delete"]
     external_id: str
     record: dict[str, Any]
     target_id: str | None = None  # the http target's id from an earlier create
@@ -31,6 +34,15 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def split_deletes(writes: Sequence[Write]) -> tuple[Sequence[Write], list[Write]]:
+    """(the upserts, the deletes) of a page; the page itself when it deletes nothing."""
+    deletes = [write for write in writes if write.op == "delete"]
+    return ([write for write in writes if write.op != "delete"] if deletes else writes), deletes
+
+
+DELETED_AT = "_deleted_at"  # the column a soft delete sets (and a key that comes back clears)
 
 
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))

@@ -69,6 +69,7 @@ logger = logging.getLogger(__name__)
 # statuses that say nothing about the record: failing record after record would be noise
 PAGE_FAILURES = frozenset({401, 403, 407, 429})
 ERROR_FIELDS = ("error", "message", "detail", "error_description", "title")
+GONE = frozenset({404, 410})  # the answers to a delete that say the object is not there: done
 
 Role = Literal["create", "update", "upsert"]
 BATCHED = frozenset({"create", "update"})  # the ops `batch` carries; any other goes one by one
@@ -187,6 +188,9 @@ class HttpTarget:
 
     def _write_one(self, write: Write) -> str | None:
         """Send one write; return the new target id of a create, if there is one."""
+        if write.op == "delete":
+            self._delete(write)
+            return None
         upsert, create, update = self._config.upsert, self._config.create, self._config.update
         if upsert is not None:
             self._send("upsert", upsert, write)
@@ -225,6 +229,26 @@ class HttpTarget:
                 if exc.status is not None and 400 <= exc.status < 500 and exc.status not in PAGE_FAILURES:
                     raise RecordRejected(_rejection(exc)) from exc
                 raise
+
+    def _delete(self, write: Write) -> None:
+        """Send the `delete` request, without a body; a 404 or 410 answer means the object is
+        gone already, which is what was asked: done."""
+        operation = self._config.delete
+        if operation is None:  # the loader refuses deletes without it
+            raise TargetError("http target: deleting a key needs a `delete: {method, path}` operation")
+        if write.target_id is None and _needs_target_id(operation):
+            raise RecordRejected(
+                f"key {write.external_id!r} has no stored target id to fill {{target_id}} in the delete path "
+                f"{operation.path}; delete it on the target by hand, or use {{external_id}} in the path"
+            )
+        try:
+            self._client.send(operation.method.upper(), self._url(operation, write), idempotent=True)
+        except FetchError as exc:
+            if exc.status in GONE:
+                return
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in PAGE_FAILURES:
+                raise RecordRejected(_rejection(exc)) from exc
+            raise
 
     def _url(self, operation: HttpOperation, write: Write) -> str:
         path = operation.path.replace("{external_id}", quote(write.external_id, safe=""))

@@ -52,7 +52,7 @@ from psycopg.types.json import Jsonb
 from runner.db.pg import advisory_key, connect, describe, scrub
 from runner.errors import TargetError
 from runner.model import PostgresTargetConfig
-from runner.targets.base import Write, WriteResult
+from runner.targets.base import DELETED_AT, Write, WriteResult, split_deletes
 
 # the column type of each field type; a field without a type gets jsonb
 COLUMN_TYPES = {
@@ -74,6 +74,7 @@ class PostgresTarget:
         self.types = dict(types or {})
         self._cells = [_CELLS.get(self.types.get(name, "json"), _cell) for name in self.fields]
         self.schema = config.schema or "public"
+        self._soft = config.deletes.mode == "soft"
         self.where = f"postgres target {self.schema}.{config.table}"
         self._dsn = config.dsn.reveal()
         self._table = sql.Identifier(self.schema, config.table)
@@ -107,6 +108,8 @@ class PostgresTarget:
             if have is None:
                 columns: list[sql.Composable] = [sql.SQL("external_id text PRIMARY KEY")]
                 columns += [sql.SQL("{} {}").format(sql.Identifier(f), self._column_type(f)) for f in self.fields]
+                if self._soft:
+                    columns.append(sql.SQL("{} timestamptz").format(sql.Identifier(DELETED_AT)))
                 create = sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})")
                 db.execute(create.format(self._table, sql.SQL(", ").join(columns)))
                 return
@@ -117,6 +120,9 @@ class PostgresTarget:
                 if name not in have:
                     add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}")
                     db.execute(add.format(self._table, sql.Identifier(name), self._column_type(name)))
+            if self._soft and DELETED_AT not in have:
+                add = sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz")
+                db.execute(add.format(self._table, sql.Identifier(DELETED_AT)))
 
     def _column_type(self, name: str) -> sql.SQL:
         return sql.SQL(COLUMN_TYPES[self.types.get(name, "json")])  # names from our own table only
@@ -147,8 +153,11 @@ class PostgresTarget:
 
     def _upsert_sql(self) -> sql.Composed:
         columns = [sql.Identifier(c) for c in ("external_id", *self.fields)]
-        updates = sql.SQL(", ").join(sql.SQL("{0}=excluded.{0}").format(sql.Identifier(f)) for f in self.fields)
-        conflict = sql.SQL("DO UPDATE SET {}").format(updates) if self.fields else sql.SQL("DO NOTHING")
+        sets = [sql.SQL("{0}=excluded.{0}").format(sql.Identifier(f)) for f in self.fields]
+        if self._soft:  # a key that comes back is no longer deleted
+            sets.append(sql.SQL("{}=NULL").format(sql.Identifier(DELETED_AT)))
+        updates = sql.SQL(", ").join(sets)
+        conflict = sql.SQL("DO UPDATE SET {}").format(updates) if sets else sql.SQL("DO NOTHING")
         return sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT (external_id) {}").format(
             self._table,
             sql.SQL(", ").join(columns),
@@ -158,12 +167,29 @@ class PostgresTarget:
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
         """Upsert one page in one transaction; TargetError when it fails as a whole."""
+        writes, deletes = split_deletes(writes)
         cells = list(zip(self.fields, self._cells, strict=True))
         rows = [[w.external_id, *(cell(w.record.get(f)) for f, cell in cells)] for w in writes]
-        if rows:
+        if rows or deletes:
             with self._errors(), self._db.transaction(), self._db.cursor() as cursor:
-                cursor.executemany(self._sql, rows)
+                if rows:
+                    cursor.executemany(self._sql, rows)
+                if deletes:
+                    self._delete(cursor, deletes)
         return WriteResult()
+
+    def _delete(self, cursor: psycopg.Cursor[Any], deletes: list[Write]) -> None:
+        """hard: the rows go; soft: `_deleted_at` gets the run's start. A key the table lacks is no error."""
+        keys = [w.external_id for w in deletes]
+        if self._soft:
+            cursor.execute(
+                sql.SQL("UPDATE {} SET {}=%s::timestamptz WHERE external_id = ANY(%s::text[])").format(
+                    self._table, sql.Identifier(DELETED_AT)
+                ),
+                (deletes[0].record.get(DELETED_AT), keys),
+            )
+        else:
+            cursor.execute(sql.SQL("DELETE FROM {} WHERE external_id = ANY(%s::text[])").format(self._table), (keys,))
 
     def close(self) -> None:
         """Close the connection; the last page was committed by its write."""

@@ -17,7 +17,7 @@ from typing import Any
 from runner.db.sqlite import connect, insert_values, transaction
 from runner.errors import TargetError
 from runner.model import SqliteTargetConfig
-from runner.targets.base import Write, WriteResult, json_cells, json_text
+from runner.targets.base import DELETED_AT, Write, WriteResult, json_cells, json_text, split_deletes
 
 
 # failures about the file or its disk, not the data: the message says what to check
@@ -75,6 +75,8 @@ class SqliteTarget:
                 if name not in have:
                     declared = COLUMN_TYPES.get(self.types.get(name, ""), "")
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(name)} {declared}".rstrip())
+            if self.config.deletes.mode == "soft" and DELETED_AT not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {quote(DELETED_AT)} TEXT")
 
     def _check_types(self, have: dict[str, str]) -> None:
         """A typed field's existing column must have its type; else a TargetError, nothing written."""
@@ -91,12 +93,15 @@ class SqliteTarget:
         """The statement around its VALUES rows: `INSERT INTO t (...)` and `ON CONFLICT ...`."""
         columns = ["external_id", *self.fields]
         updates = ", ".join(f"{quote(f)}=excluded.{quote(f)}" for f in self.fields)
+        if self.config.deletes.mode == "soft":  # a key that comes back is no longer deleted
+            updates = ", ".join(filter(None, (updates, f"{quote(DELETED_AT)}=NULL")))
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
         head = f"INSERT INTO {quote(self.config.table)} ({', '.join(map(quote, columns))})"
         return head, f"ON CONFLICT (external_id) {conflict}"
 
     def write(self, writes: Sequence[Write]) -> WriteResult:
         """Upsert one page in one transaction; TargetError when it fails as a whole."""
+        writes, deletes = split_deletes(writes)
         values = self._values(writes)
         width = len(self.fields) + 1
         for column in self._json_columns:
@@ -106,10 +111,24 @@ class SqliteTarget:
         json_cells(values, width)
         try:
             with transaction(self._db) as db:
-                insert_values(db, self._head, width, values, self._tail)
+                if values:
+                    insert_values(db, self._head, width, values, self._tail)
+                if deletes:
+                    self._delete(db, deletes)
         except sqlite3.Error as exc:
             raise _error(self.config, exc) from exc
         return WriteResult()
+
+    def _delete(self, db: sqlite3.Connection, deletes: list[Write]) -> None:
+        """hard: the rows go; soft: `_deleted_at` gets the run's start. A key the table lacks is no error."""
+        table = quote(self.config.table)
+        if self.config.deletes.mode == "soft":
+            db.executemany(
+                f"UPDATE {table} SET {quote(DELETED_AT)}=? WHERE external_id=?",
+                [(w.record.get(DELETED_AT), w.external_id) for w in deletes],
+            )
+        else:
+            db.executemany(f"DELETE FROM {table} WHERE external_id=?", [(w.external_id,) for w in deletes])
 
     def _values(self, writes: Sequence[Write]) -> list[Any]:
         """Each write's key and field values, rows laid end to end; a missing field is null."""

@@ -34,14 +34,21 @@ class Mapped:
 
 
 @dataclass(frozen=True, slots=True)
+class Deleted:
+    """A record that `mapping.deleted` marks: a deletion of its key, not a write."""
+
+    external_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     external_id: str | None
     raw: Any
     error: str
 
 
-# (key value, record) or None when the filter skips
-_Outcome = tuple[Any, dict[str, Any]] | None
+# (key value, record) or None when the filter skips; a deletion's record is None
+_Outcome = tuple[Any, dict[str, Any] | None] | None
 
 
 class Mapper:
@@ -51,7 +58,7 @@ class Mapper:
         self.spec = spec
         self._fast = _generate(spec)
 
-    def map(self, raw: Any) -> Mapped | Failed | None:
+    def map(self, raw: Any) -> Mapped | Deleted | Failed | None:
         """Map one source record; None means the filter skipped it."""
         try:
             outcome = self._fast(raw) if type(raw) is dict else self._slow(raw)
@@ -65,7 +72,11 @@ class Mapper:
             return Failed(_safe_key(self.spec, raw), raw, f"{type(exc).__name__}: {exc}")
         if key is None:
             return Failed(None, raw, f"external_id ({self.spec.external_id.text}) is null or empty")
-        return Mapped(key, record)
+        return Deleted(key) if record is None else Mapped(key, record)
+
+    def key(self, raw: Any) -> str | None:
+        """The record's key, or None when it has none (a filtered record still has one)."""
+        return _safe_key(self.spec, raw)
 
     def _slow(self, raw: Any) -> _Outcome:
         """The same outcome through each expression's own evaluator (a record that is no object)."""
@@ -73,6 +84,8 @@ class Mapper:
         if spec.filter is not None and not truthy(spec.filter.search(raw)):
             return None
         key = spec.external_id.search(raw)
+        if spec.deleted is not None and truthy(spec.deleted.search(raw)):
+            return key, None
         record = {name: expr.search(raw) for name, expr in spec.fields}
         for name, convert in _converters(spec).items():
             record[name] = convert(record[name])
@@ -109,6 +122,8 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     lines = ["def _map(r):"]
     if spec.filter is not None:
         lines.append(f"    if not _truthy({source(spec.filter)}):\n        return None")
+    if spec.deleted is not None:
+        lines.append(f"    if _truthy({source(spec.deleted)}):\n        return {source(spec.external_id)}, None")
     locals_ = {name: f"_f{i}" for i, (name, _) in enumerate(spec.fields)}
     converters = _converters(spec)
     for name, expr in spec.fields:

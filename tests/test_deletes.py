@@ -1,0 +1,408 @@
+"""Deletes (issue 18): `mapping.deleted` markers and `target.deletes` (missing keys after a
+complete read, hard or soft, the max_fraction guard) against real local servers, SQLite
+(the writer process and ETL_WRITER=inline), the jsonl and dry-run printers, and the http
+target on the fake CRM, including a kill -9 in the middle of the delete phase."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import whole, write_pipeline_file
+from runner import EtlError, run
+from runner.cli import main as cli
+from runner.config.load import check_file
+from runner.dev.fake_crm import FakeCrm
+from runner.dev.localserver import Handler, LocalServer
+from runner.state.sqlite import SqliteStateStore
+
+
+class _CatalogHandler(Handler):
+    do_GET = Handler.dispatch
+
+
+class Catalog(LocalServer):
+    """A stand-in list API: `GET /items?page=&per_page=[&since=]` -> {"data", "total_pages"}.
+    `since` keeps records whose `updated_at` is at or after it; `items` may change between runs."""
+
+    handler_class = _CatalogHandler
+    thread_name = "catalog"
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.items: dict[int, dict[str, Any]] = {i: item(i) for i in range(1, count + 1)}
+
+    def handle(self, handler: Handler) -> None:
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(handler.path).query).items()}
+        page, size = int(query.get("page", 1)), int(query.get("per_page", 100))
+        since = query.get("since", "")
+        rows = [r for _, r in sorted(self.items.items()) if r["updated_at"] >= since]
+        total_pages = max(1, -(-len(rows) // size))
+        body = {"data": rows[(page - 1) * size : page * size], "total_pages": total_pages}
+        handler.send_reply(200, json.dumps(body).encode())
+
+
+def item(i: int, **changes: Any) -> dict[str, Any]:
+    return {"id": i, "name": f"item {i}", "updated_at": f"2024-01-01T00:00:{i:02d}Z", **changes}
+
+
+@pytest.fixture
+def catalog() -> Iterator[Catalog]:
+    with Catalog(10) as server:
+        yield server
+
+
+@pytest.fixture(params=["process", "inline"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a database target is written: the writer process, and in the engine's process."""
+    monkeypatch.setenv("ETL_WRITER", request.param)
+    return str(request.param)
+
+
+def catalog_pipeline(tmp_path: Path, server: Catalog, **overrides: Any) -> Path:
+    """Catalog pages of 4 into SQLite, name only."""
+    source = {
+        "url": f"{server.base_url}/items", "records": "data",
+        "pagination": {"type": "page", "size_param": "per_page", "size": 4, "total_pages": "total_pages"},
+    }
+    defaults = {"source": whole(source), "mapping": {"fields": whole({"name": "name"})}}
+    return write_pipeline_file(tmp_path, server.base_url, defaults=defaults, **overrides)
+
+
+def rows(tmp_path: Path, columns: str = "external_id") -> list[tuple[Any, ...]]:
+    with sqlite3.connect(tmp_path / "out.db") as db:
+        return db.execute(f"SELECT {columns} FROM items ORDER BY CAST(external_id AS INTEGER)").fetchall()
+
+
+def keys_held(tmp_path: Path, name: str = "test") -> list[str]:
+    store = SqliteStateStore(tmp_path / "state.db")
+    try:
+        return sorted((key for key, in store._db.execute("SELECT external_id FROM keys WHERE pipeline=?", (name,))),
+                      key=int)
+    finally:
+        store.close()
+
+
+def ids(*numbers: int) -> list[tuple[str]]:
+    return [(str(n),) for n in numbers]
+
+
+# --- mapping.deleted -------------------------------------------------------------------------
+
+
+def test_a_marked_record_deletes_its_row_and_its_key_once(tmp_path: Path, demo_api: Any, writer: str) -> None:
+    """A record that `mapping.deleted` marks deletes its row and its state key (deleted=1); the next
+    run, with the marker still in the source, deletes nothing more and writes nothing."""
+    api = demo_api(30)
+    path = write_pipeline_file(tmp_path, api.base_url, mapping={"deleted": "deleted"})
+    assert run(path).counts.created == 30
+    api.update_record(7, deleted=True)
+    second = run(path)
+    assert (second.counts.deleted, second.counts.updated, second.counts.created) == (1, 0, 0)
+    assert ("7",) not in rows(tmp_path) and len(rows(tmp_path)) == 29
+    assert "7" not in keys_held(tmp_path)
+    third = run(path)
+    assert (third.counts.deleted, third.counts.created, third.counts.updated, third.counts.skipped) == (0, 0, 0, 30)
+    api.update_record(7, deleted=False)  # it comes back: created again
+    assert run(path).counts.created == 1 and ("7",) in rows(tmp_path)
+
+
+def test_a_marker_is_a_delete_line_in_jsonl_and_in_a_dry_run(tmp_path: Path, demo_api: Any) -> None:
+    """jsonl writes {"op": "delete", "external_id", "record": null}; --dry-run prints the same and changes nothing."""
+    api = demo_api(5)
+    out = tmp_path / "out.jsonl"
+    path = write_pipeline_file(
+        tmp_path, api.base_url, mapping={"deleted": "deleted"}, target=whole({"type": "jsonl", "path": str(out)})
+    )
+    run(path)
+    api.update_record(2, deleted=True)
+    printed = _dry_run(path)
+    assert printed == [{"op": "delete", "external_id": "2", "record": None}]
+    assert run(path).counts.deleted == 1
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[-1] == {"op": "delete", "external_id": "2", "record": None}
+    assert [line["op"] for line in lines].count("delete") == 1
+
+
+def _dry_run(path: Path, *args: str) -> list[dict[str, Any]]:
+    result = CliRunner().invoke(cli, ["run", str(path), "--dry-run", *args])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+# --- deletes.missing -------------------------------------------------------------------------
+
+
+def test_keys_missing_after_a_complete_read_are_deleted(tmp_path: Path, catalog: Catalog, writer: str) -> None:
+    """Two records gone from the source are deleted (deleted=2); a record now filtered out was
+    read, so it stays; `etl state show` counts the deletes."""
+    path = catalog_pipeline(
+        tmp_path, catalog, mapping={"filter": "!hidden"}, target={"deletes": {"missing": True}}
+    )
+    assert run(path).counts.created == 10
+    del catalog.items[3], catalog.items[8]
+    catalog.items[5] = item(5, hidden=True)
+    result = run(path)
+    assert (result.counts.deleted, result.counts.skipped) == (2, 8)
+    assert rows(tmp_path) == ids(1, 2, 4, 5, 6, 7, 9, 10)
+    assert keys_held(tmp_path) == ["1", "2", "4", "5", "6", "7", "9", "10"]
+    assert run(path).counts.deleted == 0  # nothing is missing twice
+    shown = CliRunner().invoke(cli, ["state", "show", "test", "--state", str(tmp_path / "state.db")])
+    assert "deleted=2" in shown.output and "deleted=0" in shown.output, shown.output
+
+
+def test_no_missing_deletes_after_a_limit_stopped_or_an_incremental_run(tmp_path: Path, catalog: Catalog) -> None:
+    """A run a limit stopped, and an incremental run, delete no missing key; --full-refresh does."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True}})
+    run(path)
+    del catalog.items[2]
+    limited = catalog_pipeline(
+        tmp_path, catalog, file="limited.yaml", source={"limits": {"max_pages": 1}},
+        target={"deletes": {"missing": True}},
+    )
+    stopped = run(limited)
+    assert stopped.stopped_by == "max_pages" and stopped.counts.deleted == 0
+    assert ("2",) in rows(tmp_path)
+    incremental = catalog_pipeline(
+        tmp_path, catalog, file="incremental.yaml", target={"deletes": {"missing": True}},
+        source={"incremental": {"cursor_field": "updated_at", "param": "since"}},
+    )
+    assert run(incremental, restart=True).counts.deleted == 0
+    assert run(incremental).counts.deleted == 0  # reads only what changed: nothing is missing
+    assert ("2",) in rows(tmp_path)
+    assert run(incremental, full_refresh=True).counts.deleted == 1
+    assert ("2",) not in rows(tmp_path)
+
+
+def test_a_soft_delete_stamps_the_row_and_a_returning_key_clears_it(
+    tmp_path: Path, catalog: Catalog, writer: str
+) -> None:
+    """mode: soft keeps the row and sets _deleted_at to the run's start (ISO-8601 UTC); the key
+    coming back clears it."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True, "mode": "soft"}})
+    run(path)
+    gone = catalog.items.pop(4)
+    result = run(path)
+    assert result.counts.deleted == 1
+    stamped = dict(rows(tmp_path, "external_id, _deleted_at"))
+    assert stamped["4"] is not None and stamped["4"].endswith("Z") and stamped["4"][:4] == "20" + stamped["4"][2:4]
+    assert [k for k, v in stamped.items() if v is not None] == ["4"]
+    assert run(path).counts.deleted == 0  # deleting the same key twice writes nothing
+    assert dict(rows(tmp_path, "external_id, _deleted_at"))["4"] == stamped["4"]
+    catalog.items[4] = gone
+    back = run(path)
+    assert back.counts.created == 1
+    assert dict(rows(tmp_path, "external_id, _deleted_at"))["4"] is None
+
+
+def test_the_guard_refuses_an_empty_answer_and_deletes_nothing(tmp_path: Path, catalog: Catalog) -> None:
+    """An API that suddenly answers an empty list: the run deletes nothing, fails with exit 1 and
+    says how many keys it would have deleted; the dry run says the guard would refuse."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True}})
+    run(path)
+    catalog.items.clear()
+    with pytest.raises(EtlError) as failed:
+        run(path)
+    assert failed.value.result is not None and failed.value.result.exit_code == 1
+    assert "refused to delete 10 of the 10 keys" in str(failed.value)
+    assert "max_fraction 0.5" in str(failed.value)
+    assert rows(tmp_path) == ids(*range(1, 11)) and len(keys_held(tmp_path)) == 10
+    result = CliRunner().invoke(cli, ["run", str(path)])
+    assert result.exit_code == 1 and "refused to delete 10 of the 10 keys" in result.output
+    dry = CliRunner().invoke(cli, ["run", str(path), "--dry-run"])
+    assert dry.exit_code == 1 and "would refuse to delete 10 of the 10 keys" in dry.output
+    assert rows(tmp_path) == ids(*range(1, 11))
+
+
+def test_the_guard_lets_a_share_up_to_max_fraction_through(tmp_path: Path, catalog: Catalog) -> None:
+    """max_fraction 0.2 of 10 keys: 2 missing are deleted, 3 are refused."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True, "max_fraction": 0.2}})
+    run(path)
+    for i in (1, 2, 3):
+        del catalog.items[i]
+    with pytest.raises(EtlError, match="refused to delete 3 of the 10 keys"):
+        run(path)
+    catalog.items[1] = item(1)
+    assert run(path).counts.deleted == 2
+    assert rows(tmp_path) == ids(1, *range(4, 11))
+
+
+def test_a_dry_run_prints_the_missing_deletes_and_changes_nothing(tmp_path: Path, catalog: Catalog) -> None:
+    """--dry-run prints a delete op for each missing key and leaves the target and the state as they were."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True}})
+    run(path)
+    del catalog.items[6], catalog.items[9]
+    before = (tmp_path / "state.db").read_bytes()
+    printed = _dry_run(path)
+    assert printed == [
+        {"op": "delete", "external_id": "6", "record": None}, {"op": "delete", "external_id": "9", "record": None},
+    ]
+    assert rows(tmp_path) == ids(*range(1, 11)) and (tmp_path / "state.db").read_bytes() == before
+
+
+def test_missing_deletes_skip_a_run_with_a_record_whose_key_is_unknown(tmp_path: Path, catalog: Catalog) -> None:
+    """A record that failed without a key may be any of the missing ones: nothing missing is deleted."""
+    path = catalog_pipeline(tmp_path, catalog, target={"deletes": {"missing": True}})
+    run(path)
+    catalog.items[3] = item(3, id="")  # to_string("") is empty: no key
+    result = run(path)
+    assert (result.counts.failed, result.counts.deleted, result.exit_code) == (1, 0, 3)
+    assert ("3",) in rows(tmp_path)
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "mapping", "message"),
+    [
+        ({"deletes": {"missing": True}}, {}, "target.deletes needs a `delete: {method, path}` operation"),
+        ({}, {"deleted": "gone"}, "mapping.deleted needs a `delete: {method, path}` operation"),
+        ({"delete": {"path": "/contacts/{target_id}"}, "deletes": {"mode": "soft"}}, {},
+         "an http target has no row to mark deleted"),
+        ({"delete": {"path": "/contacts/{id}"}}, {}, "unknown placeholder '{id}' in delete path"),
+    ],
+)
+def test_http_deletes_the_target_cannot_carry_out_are_validation_errors(
+    tmp_path: Path, target: dict[str, Any], mapping: dict[str, Any], message: str
+) -> None:
+    """Deletes on an http target need its `delete` operation, hard mode, and a known placeholder."""
+    create_update = {k: v for k, v in CRM_OPERATIONS.items() if k != "delete"}
+    http = {"type": "http", "base_url": "http://127.0.0.1:9", **create_update, **target}
+    path = write_pipeline_file(tmp_path, target=whole(http), mapping=mapping)
+    problems = [p.message for p in check_file(path)]
+    assert any(message in p for p in problems), problems
+
+
+def test_deletes_keys_are_checked_by_the_schema(tmp_path: Path) -> None:
+    """An unknown mode or a fraction past 1 is an error naming the key."""
+    path = write_pipeline_file(tmp_path, target={"deletes": {"mode": "archive", "max_fraction": 2}})
+    problems = {p.path: p.message for p in check_file(path)}
+    assert "target.deletes.mode" in problems and "target.deletes.max_fraction" in problems, problems
+
+
+# --- the http target ---------------------------------------------------------------------------
+
+CRM_OPERATIONS = {
+    "create": {"method": "POST", "path": "/contacts", "id_path": "id"},
+    "update": {"method": "PATCH", "path": "/contacts/{target_id}"},
+    "delete": {"method": "DELETE", "path": "/contacts/{target_id}"},
+}
+
+
+def crm_pipeline(tmp_path: Path, server: Catalog, crm: FakeCrm, **deletes: Any) -> Path:
+    target = {
+        "type": "http", "base_url": crm.base_url, **CRM_OPERATIONS,
+        "retry": {"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.02},
+        "deletes": {"missing": True, **deletes},
+    }
+    return catalog_pipeline(
+        tmp_path, server, target=whole(target), mapping={"fields": whole({"key": "to_string(id)", "name": "name"})}
+    )
+
+
+def deletes_sent(crm: FakeCrm) -> list[str]:
+    return [r.path for r in crm.request_log if r.method == "DELETE"]
+
+
+def test_the_http_target_deletes_by_the_stored_target_id_and_a_404_counts_as_done(
+    tmp_path: Path, catalog: Catalog
+) -> None:
+    """Missing keys get DELETE /contacts/{target_id} with the id their create stored; one already
+    gone on the CRM answers 404, which counts as deleted; no key is sent a DELETE twice."""
+    with FakeCrm() as crm:
+        path = crm_pipeline(tmp_path, catalog, crm)
+        assert run(path).counts.created == 10
+        by_key = {obj["key"]: obj["id"] for obj in crm.objects.values()}
+        del catalog.items[2], catalog.items[5]
+        del crm.objects[by_key["5"]]  # removed on the CRM by hand: its DELETE gets a 404
+        result = run(path)
+        assert (result.counts.deleted, result.counts.failed) == (2, 0)
+        assert sorted(deletes_sent(crm)) == sorted([f"/contacts/{by_key['2']}", f"/contacts/{by_key['5']}"])
+        assert sorted(obj["key"] for obj in crm.objects.values()) == sorted(str(i) for i in catalog.items)
+        assert run(path).counts.deleted == 0
+        assert len(deletes_sent(crm)) == 2
+
+
+def test_an_http_delete_the_target_refuses_fails_that_key_alone(tmp_path: Path, catalog: Catalog) -> None:
+    """A 422 to a DELETE fails that key (kept, exit 3); the key stays held, so the next run tries again."""
+    with FakeCrm() as crm:
+        path = crm_pipeline(tmp_path, catalog, crm)
+        run(path)
+        del catalog.items[4]
+        crm.fail_next(1, 422)
+        result = run(path)
+        assert (result.counts.deleted, result.counts.failed, result.exit_code) == (0, 1, 3)
+        assert "4" in keys_held(tmp_path)
+        assert run(path).counts.deleted == 1
+        assert "4" not in keys_held(tmp_path)
+
+
+# --- kill -9 in the delete phase ------------------------------------------------------------------
+
+
+class StallingCrm(FakeCrm):
+    """The fake CRM, whose `stall_at`-th DELETE waits (unanswered) until `release` is set."""
+
+    def __init__(self, stall_at: int) -> None:
+        super().__init__()
+        self.stall_at = stall_at
+        self.stalled = threading.Event()
+        self.release = threading.Event()
+        self._deletes = 0
+
+    def handle(self, handler: Handler) -> None:
+        if handler.command == "DELETE":
+            self._deletes += 1
+            if self._deletes == self.stall_at:
+                self.stalled.set()
+                self.release.wait(20)
+        super().handle(handler)
+
+
+def test_a_kill_in_the_delete_phase_then_a_rerun_deletes_each_key_once(tmp_path: Path) -> None:
+    """kill -9 while the 3rd of 6 DELETEs waits for its answer: the re-run deletes the rest, sends
+    no second DELETE for the 2 answered before the kill, and the CRM ends with exactly the source."""
+    with Catalog(20) as source, StallingCrm(stall_at=3) as crm:
+        path = crm_pipeline(tmp_path, source, crm, max_fraction=0.5)
+        assert run(path).counts.created == 20
+        by_id = {obj["id"]: obj["key"] for obj in crm.objects.values()}
+        for i in (2, 5, 9, 11, 14, 17):
+            del source.items[i]
+        with open(tmp_path / "killed.log", "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "run", str(path)], cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=log_file,
+            )
+        try:
+            assert crm.stalled.wait(30), (tmp_path / "killed.log").read_text()
+            proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            crm.release.set()
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        time.sleep(0.05)  # the stalled DELETE is answered after the kill: the object goes, no one hears it
+        answered_before_kill = [by_id[p.rsplit("/", 1)[1]] for p in deletes_sent(crm)[:2]]
+        assert set(keys_held(tmp_path)) == {str(i) for i in range(1, 21)} - set(answered_before_kill)
+        result = run(path)
+        assert result.counts.deleted == 4 and result.counts.failed == 0
+        sent = [by_id[p.rsplit("/", 1)[1]] for p in deletes_sent(crm)]
+        assert sorted(set(sent), key=int) == ["2", "5", "9", "11", "14", "17"]
+        assert all(sent.count(key) == 1 for key in answered_before_kill)
+        assert len(sent) == 7  # the stalled one, unanswered when killed, was sent again (and got its 404)
+        assert sorted((obj["key"] for obj in crm.objects.values()), key=int) == [str(i) for i in sorted(source.items)]
+        assert keys_held(tmp_path) == [str(i) for i in sorted(source.items)]
