@@ -264,3 +264,23 @@ def test_gzip_bodies_are_recorded_decoded(tmp_path: Path, monkeypatch: pytest.Mo
     written = json.loads((tmp_path / "rec" / "0001.json").read_text())
     assert written["response"]["body"] == {"items": [{"id": 1}]}
     assert "content-encoding" not in written["response"]["headers"]
+
+
+def test_the_http_targets_writes_are_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_api: Any
+) -> None:
+    """pipelines/demo-sync.yaml into the fake CRM: the 2 source pages are recorded, none of the 150 writes."""
+    from runner.dev.fake_crm import FakeCrm
+
+    monkeypatch.chdir(tmp_path)
+    api = demo_api(records=150)
+    with FakeCrm() as crm:
+        env = {"DEMO_PORT": str(api.port), "CRM_PORT": str(crm.port)}
+        pipeline = load_pipeline(Path(__file__).parents[1] / "pipelines" / "demo-sync.yaml", env=env)
+        result = record_run(pipeline, tmp_path / "rec", env=env)
+        assert result.counts.created == 150
+    recorded = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").glob("0*.json"))]
+    assert [r["request"]["url"].split(":", 2)[2] for r in recorded] == [
+        f"{api.port}/items/page?page=1&per_page=100", f"{api.port}/items/page?page=2&per_page=100",
+    ]
+    assert json.loads((tmp_path / "rec" / "env.json").read_text()) == env

@@ -67,7 +67,10 @@ def record_run(
     recorder.write_meta(_state_at_start(pipeline, options))
     transport = RecordingTransport(recorder, options.pop("source_transport", None))
     runner = run or engine.run
-    return runner(pipeline, source_transport=transport, **options)
+    try:
+        return runner(pipeline, source_transport=transport, **options)
+    finally:
+        transport.close_inner()
 
 
 class Recorder:
@@ -167,6 +170,10 @@ class RecordingTransport(httpx.BaseTransport):
         )
 
     def close(self) -> None:
+        """Each client of the run closes its transport; the one wrapped here is shared by them
+        all (a parent's and its children's), so `record_run` closes it once the run is over."""
+
+    def close_inner(self) -> None:
         self._inner.close()
 
 
