@@ -286,6 +286,17 @@ def test_http_deletes_the_target_cannot_carry_out_are_validation_errors(
     assert any(message in p for p in problems), problems
 
 
+def test_a_field_named_deleted_at_is_refused_with_soft_deletes(tmp_path: Path) -> None:
+    """A soft delete owns the `_deleted_at` column: a field of that name is a validation error at its line."""
+    path = write_pipeline_file(
+        tmp_path, mapping={"fields": {"_deleted_at": "removed"}}, target={"deletes": {"mode": "soft"}}
+    )
+    problems = {p.path: p.message for p in check_file(path)}
+    assert "the column a soft delete sets" in problems.get("mapping.fields._deleted_at", ""), problems
+    hard = write_pipeline_file(tmp_path, file="hard.yaml", mapping={"fields": {"_deleted_at": "removed"}})
+    assert [p for p in check_file(hard) if p.severity == "error"] == []
+
+
 def test_deletes_keys_are_checked_by_the_schema(tmp_path: Path) -> None:
     """An unknown mode or a fraction past 1 is an error naming the key."""
     path = write_pipeline_file(tmp_path, target={"deletes": {"mode": "archive", "max_fraction": 2}})

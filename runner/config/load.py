@@ -484,11 +484,22 @@ def _batch_problems(data: Any, report: _Report) -> None:
 
 def _delete_problems(data: Any, report: _Report) -> None:
     """Deletes the target cannot carry out: an http target without a `delete` operation, a
-    soft delete where there is no row to mark, a `{target_id}` that no create stores."""
+    soft delete where there is no row to mark, a `{target_id}` that no create stores, and a
+    field in the way of the soft delete's `_deleted_at` column."""
     target = _get(data, ("target",))
-    if not isinstance(target, dict) or target.get("type") != "http":
+    if not isinstance(target, dict):
         return
     deletes = target.get("deletes")
+    fields = _get(data, ("mapping", "fields"))
+    if isinstance(deletes, dict) and deletes.get("mode") == "soft" and isinstance(fields, dict):
+        if "_deleted_at" in fields:
+            report.add(
+                ("mapping", "fields", "_deleted_at"),
+                "`_deleted_at` is the column a soft delete sets (target.deletes.mode: soft); name this field differently",
+                key=True,
+            )
+    if target.get("type") != "http":
+        return
     wants = [path for path in (("target", "deletes"), ("mapping", "deleted")) if _get(data, path) is not None]
     if "delete" not in target:
         for path in wants:
