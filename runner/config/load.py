@@ -200,6 +200,7 @@ def _analyse(
         for key_path, message, key in schema_findings(values.data, skip=unchecked):
             report.add(key_path, message, key=key)
         compiled, found_templates = _document_checks(doc.data, values.data, variables, report, unchecked)
+        _parent_problems(found_templates, report, "a file in the simple form has no parent")
     report.problems.sort(key=lambda p: (p.file != file, p.line, p.column))
     return _Analysis(file, _unique(report.problems), values.data, compiled, values.used, found_templates, views)
 
@@ -223,6 +224,14 @@ def _document_checks(
     sends = broken or any(t.uses("watermark") for t in found_templates)
     _incremental_problems(data, report, watermark_in_templates=sends)
     return compiled, found_templates
+
+
+def _parent_problems(found: list[templates.Template], report: _Report, why: str) -> None:
+    """`_parent` in a template of a resource that has none would be null in every request."""
+    for template in found:
+        if template.uses("_parent"):
+            report.add(("source", *template.where), f"'_parent' is a child resource's parent record, and {why}; "
+                       "add 'parent: NAME' to the resource, or remove the template")
 
 
 _VIEWED = ("source", "target", "mapping")  # in the resources form, checked per resource
@@ -253,6 +262,8 @@ def _resource_checks(
         raw_view = raw_views.get(view.name, view).data
         view_compiled, view_templates = _document_checks(raw_view, view.data, variables, sub, hidden)
         resources.view_problems(view, sub.add)
+        if view.own.get("parent") is None:
+            _parent_problems(view_templates, sub, f"resource {view.name!r} has no 'parent'")
         from_parent = view.own.get("from_parent")
         place: KeyPath = ("resources", view.name, "from_parent")
         if isinstance(from_parent, str) and from_parent and place not in unchecked:

@@ -10,14 +10,12 @@ of the simple form reports at the right line, once.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from runner.config.yamlpos import KeyPath
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 MERGED_BY_NAME = ("params", "headers")
 # the run's one HTTP client has one auth, one rate limit, one set of timeouts and retries
 SHARED_SOURCE_KEYS = ("auth", "rate_limit", "timeout", "retry", "max_response_bytes")
@@ -136,10 +134,6 @@ def form_problems(data: dict[str, Any], add: Add) -> None:
         add(("resources",), "'resources' is empty; give at least one resource")
     seen: list[str] = []
     for name, own in resources.items():
-        base: KeyPath = ("resources", name)
-        if not isinstance(name, str) or not NAME.match(name):
-            add(base, f"resource name {name!r} must match [a-z0-9][a-z0-9_-]* (lower case, digits, '_' and '-')",
-                key=True)
         if isinstance(own, dict):
             _resource_problems(name, own, seen, add)
         seen.append(str(name))
