@@ -13,6 +13,7 @@ no target is written, no state kept. Then `etl test --update` writes expected.js
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tempfile
@@ -40,10 +41,12 @@ class Example:
     origin: str | None  # the vendor's origin in the shipped file, replaced by the server's
     env: Callable[[LocalServer], dict[str, str]]
     replayed: str | None = None  # the origin the shipped file requests, when `origin` is not it
+    fills: dict[str, str] | None = None  # env.json values for variables `origin` held (JIRA_SITE)
 
 
 def _examples() -> list[Example]:
     import test_pipeline_github_graphql as graphql
+    import test_pipeline_jira as jira
     import test_pipeline_msgraph as msgraph
     import test_pipeline_slack as slack
 
@@ -60,6 +63,11 @@ def _examples() -> list[Example]:
         Example(
             "github-graphql", graphql.GitHubGraphql, "https://api.github.com",
             lambda s: {"GITHUB_TOKEN": graphql.TOKEN, "GITHUB_OWNER": "o", "GITHUB_NAME": "r"},
+        ),
+        Example(  # a watermark inside the JQL (a request template), a postgres target, basic auth
+            "jira", jira.JiraSearch, "https://${JIRA_SITE}.atlassian.net",
+            lambda s: {"JIRA_EMAIL": jira.EMAIL, "JIRA_API_TOKEN": jira.TOKEN, "DATABASE_URL": "postgresql://unused"},
+            replayed="https://acme.atlassian.net", fills={"JIRA_SITE": "acme"},
         ),
         Example(
             "msgraph-users", msgraph.GraphUsers, "https://graph.microsoft.com",
@@ -97,6 +105,10 @@ def record(example: Example) -> str:
         for path in [*exchange_files(directory), directory / "env.json", directory / "recording.json"]:
             origin = example.replayed or example.origin
             path.write_text(path.read_text(encoding="utf-8").replace(server.base_url, origin), encoding="utf-8")
+    if example.fills:
+        env_file = directory / "env.json"
+        values = {**json.loads(env_file.read_text(encoding="utf-8")), **example.fills}
+        env_file.write_text(json.dumps(dict(sorted(values.items())), indent=2) + "\n", encoding="utf-8")
     replay = run_offline(shipped, directory, update=True)
     return f"{example.name}: {len(exchange_files(directory))} exchanges, {result.counts.processed} records, " \
            f"{replay.lines} lines in {replay.expected.relative_to(ROOT)}"
