@@ -190,3 +190,31 @@ def test_no_expected_file_asks_for_update(recorded: tuple[Path, Path]) -> None:
     result = _etl_test(file, rec)
     assert result.exit_code == 2
     assert "no expected writes yet; write them with --update" in result.stderr
+
+
+def test_recorded_exchanges_no_request_asked_for_are_warnings(recorded: tuple[Path, Path]) -> None:
+    """A file that now stops after one page: the writes differ (exit 1) and the two pages it did
+    not ask for are named as warnings."""
+    file, rec = recorded
+    file.write_text(file.read_text().replace("records: data", "records: data\n  limits: {max_pages: 1}"))
+    result = _etl_test(file, rec)
+    assert result.exit_code == 1
+    assert f"{file}: warning: recorded exchange 0002.json was not requested" in result.stderr
+    assert f"{file}: warning: recorded exchange 0003.json was not requested" in result.stderr
+    assert "0001.json was not requested" not in result.stderr
+
+
+def test_variables_come_from_env_json_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_api: StartApi
+) -> None:
+    """A variable outside auth is replayed with its recorded value, whatever the environment says now."""
+    monkeypatch.chdir(tmp_path)
+    api = demo_api(records=20)
+    file = _file(tmp_path, "http://127.0.0.1:${API_PORT}")
+    monkeypatch.setenv("API_PORT", str(api.port))
+    _record(file, tmp_path / "rec")
+    assert json.loads((tmp_path / "rec" / "env.json").read_text()) == {"API_PORT": str(api.port)}
+    assert _etl_test(file, tmp_path / "rec", "--update").exit_code == 0
+    monkeypatch.setenv("API_PORT", "1")
+    result = _etl_test(file, tmp_path / "rec")
+    assert result.exit_code == 0, result.output
