@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -216,8 +217,6 @@ def _likeness(a: tuple[str, str, str], b: tuple[str, str, str]) -> float:
 
 
 def _difference(a: tuple[str, str, str], b: tuple[str, str, str]) -> str:
-    from urllib.parse import parse_qsl, urlsplit
-
     if a[0] != b[0]:
         return f"the method differs: {a[0]} vs {b[0]}"
     ua, ub = urlsplit(a[1]), urlsplit(b[1])
