@@ -466,7 +466,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="DIR", help="also run etl once under cProfile; .prof files here")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
+    parser.add_argument("--typed", action="store_true", help="the typed-fields scenario alone (bench/typed.py)")
     args = parser.parse_args(argv)
+    if args.typed:  # issue 17: six typed fields vs untyped, scenario 1's load
+        from typed import run_typed
+
+        _compile_bytecode()
+        return run_typed(Path(tempfile.mkdtemp(prefix="etl-bench-")), quick=args.quick, repeat=max(args.repeat, 3))
 
     chosen = [_configured(SCENARIOS[k], args) for k in (args.scenario or sorted(SCENARIOS))]
     profile_dir = Path(args.profile).resolve() if args.profile else None

@@ -128,7 +128,7 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     converters = _converters(spec)
     for name, expr in spec.fields:
         lines.append(f"    {locals_[name]} = {source(expr)}")
-        if name in converters and (line := _conversion(name, locals_[name], spec, converters[name], names)):
+        if name in converters and (line := _conversion(name, locals_[name], spec, names)):
             lines.append(line)
     record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
     lines.append(f"    return {source(spec.external_id)}, {{{record}}}")
@@ -168,22 +168,30 @@ def _field_converter(name: str, type_: str | None, required: bool) -> Callable[[
     return converted
 
 
-def _conversion(
-    name: str, local: str, spec: MappingSpec, convert: Callable[[Any], Any], names: dict[str, Any]
-) -> str:
-    """The generated lines that convert one field's local: the converter is called only for
-    a value that is not already of the type's own class (and, unless required, not null)."""
+def _conversion(name: str, local: str, spec: MappingSpec, names: dict[str, Any]) -> str:
+    """The generated lines that convert one field's local in place: the converter runs only
+    for a value not already of the type's own class (and not null), inline, with no call
+    between; a failure raises ConversionError naming the field, the type and the value."""
     index = local[2:]
-    names[f"_c{index}"] = convert
     type_, required = spec.column_types.get(name), name in spec.required
-    if type_ is None or type_ == "json":  # the value stays as it is: only `required` to check
-        return f"    if {local} is None:\n        _c{index}(None)" if required else ""
-    tests = [] if required else [f"{local} is not None"]
-    unchanged = UNCHANGED[type_]
-    if unchanged is not None:
-        names[f"_k{index}"] = unchanged
-        tests.insert(0, f"type({local}) is not _k{index}")
-    return f"    if {' and '.join(tests) or 'True'}:\n        {local} = _c{index}({local})"
+    names[f"_n{index}"] = (name, type_ or "untyped")
+    names["_ConversionError"] = ConversionError
+    lines = []
+    if required:
+        lines.append(f"    if {local} is None:\n        raise _ConversionError(*_n{index}, None, 'required')")
+    if type_ is not None and type_ != "json":  # json (and untyped) values stay as they are
+        names[f"_c{index}"] = CONVERTERS[type_]
+        tests = [f"{local} is not None"]
+        unchanged = UNCHANGED[type_]
+        if unchanged is not None:
+            names[f"_k{index}"] = unchanged
+            tests.insert(0, f"type({local}) is not _k{index}")
+        lines.append(
+            f"    if {' and '.join(tests)}:\n        try:\n            {local} = _c{index}({local})\n"
+            f"        except ValueError as _x:\n"
+            f"            raise _ConversionError(*_n{index}, {local}, str(_x)) from None"
+        )
+    return "\n".join(lines)
 
 
 def _safe_key(spec: MappingSpec, raw: Any) -> str | None:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from typing import Any, Literal, get_args
 
@@ -38,8 +39,13 @@ SHOWN_CHARS = 100  # a rejected value is shown cut to this many characters
 MAX_DECIMAL_EXPONENT = 1000  # 1e1001 as a decimal would be a thousand-digit string: refused
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_PLAIN_DECIMAL = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d*[1-9])?")  # decimal_text's own form ("-0" aside)
 _INT64_DECIMAL = (Decimal(INT64[0]), Decimal(INT64[1]))
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# datetime.fromisoformat reads ISO-8601 as APIs write it ("Z", any fraction) from Python 3.11 on;
+# before, and for what it refuses, parse_timestamp does (a naive time is UTC for both)
+_FAST_ISO = sys.version_info >= (3, 11)
 
 
 class Rejected(ValueError):
@@ -84,6 +90,8 @@ def parse_float(text: str) -> float:
     """`json.loads`'s parse_float that loses no digit: a plain float when it holds the
     literal's value exactly as its shortest form ("19.99", "1.50", "1e3"), else an
     ExactFloat (more digits than a float keeps)."""
+    if len(text) <= 15:  # at most 15 significant digits: a double holds them exactly (DBL_DIG)
+        return float(text)
     value = float(text)
     if repr(value) == text or Decimal(repr(value)) == Decimal(text):
         return value
@@ -173,8 +181,13 @@ def to_decimal(value: Any) -> str:
     if kind is int:
         return str(value)
     if kind is float:
+        text = repr(value)  # the shortest text that is this float: exact, as JSON wrote it
+        if "e" not in text and "n" not in text:  # no exponent, not inf or nan: plain already
+            return "0" if text in ("0.0", "-0.0") else (text[:-2] if text.endswith(".0") else text)
         _finite(value)
-        return decimal_text(Decimal(repr(value)))
+        return decimal_text(Decimal(text))
+    if kind is str and _PLAIN_DECIMAL.fullmatch(value) and value != "-0":
+        return str(value)  # already the canonical text
     if isinstance(value, (str, ExactFloat)):
         return decimal_text(_exact(value))
     raise Rejected(f"not a number but {_kind(value)}")
@@ -201,7 +214,12 @@ def to_timestamp(value: Any) -> str:
 
 def to_date(value: Any) -> str:
     """ISO dates, or timestamps as `to_timestamp` takes them -> their UTC date."""
-    return _instant(value).date().isoformat()
+    if type(value) is str and _ISO_DATE.fullmatch(value):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise Rejected("not an ISO-8601 or RFC 2822 date or timestamp") from None
+    return _instant(value).astimezone(timezone.utc).date().isoformat()
 
 
 def to_json(value: Any) -> Any:
@@ -251,15 +269,28 @@ def decimal_text(exact: Decimal) -> str:
 
 def timestamp_text(instant: datetime) -> str:
     """An aware datetime as ISO-8601 UTC with `Z`; the fraction only when not zero."""
-    text = instant.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
+    if instant.utcoffset():
+        try:
+            instant = instant.astimezone(timezone.utc)
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise Rejected("out of range (years 1 to 9999 in UTC)") from None
+    text = instant.isoformat()[:-6]  # an aware UTC datetime ends in +00:00
     if "." in text:
         text = text.rstrip("0")
     return text + "Z"
 
 
 def _instant(value: Any) -> datetime:
+    """An aware datetime (in any offset) for a timestamp string or epoch seconds."""
     kind = type(value)
     if kind is str:
+        if _FAST_ISO:
+            try:  # C, and most API timestamps are what it reads (from Python 3.11: Z, any fraction)
+                instant = datetime.fromisoformat(value)
+            except ValueError:
+                pass  # RFC 2822, or a form only parse_timestamp reads
+            else:
+                return instant if instant.tzinfo is not None else instant.replace(tzinfo=timezone.utc)
         try:
             return parse_timestamp(value)
         except ValueError:
