@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import whole, write_pipeline_file
 
+from runner.authoring.offline import run_offline
 from runner.authoring.record import record_run
 from runner.cli import main
 from runner.config import load_pipeline
@@ -218,3 +219,17 @@ def test_variables_come_from_env_json_not_the_environment(
     monkeypatch.setenv("API_PORT", "1")
     result = _etl_test(file, tmp_path / "rec")
     assert result.exit_code == 0, result.output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "tests" / "fixtures" / "pipelines"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in SHIPPED.iterdir() if p.is_dir()))
+def test_the_examples_replay_their_recordings(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every recorded example of pipelines/ replays with no network and no secret, its writes as expected."""
+    monkeypatch.chdir(tmp_path)  # no .env of the working directory takes part
+    outcome = run_offline(ROOT / "pipelines" / f"{name}.yaml", SHIPPED / name)
+    assert outcome.equal, f"re-record with scripts/record-fixtures.py {name} if this is meant:\n{outcome.diff[:3000]}"
+    assert outcome.unused == ()
+    assert not (tmp_path / ".etl").exists()
