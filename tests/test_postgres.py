@@ -177,7 +177,10 @@ def test_runs_are_recorded_and_shown(store: PostgresStateStore) -> None:
     assert store.show("p", runs=1)["runs"][0]["run_id"] == "r2"
 
 
-EMPTY = {"watermark": None, "checkpoint": None, "keys": 0, "pending": 0, "lock": None, "runs": [], "failed_total": 0, "failed": []}
+EMPTY = {
+    "watermark": None, "checkpoint": None, "keys": 0, "pending": 0, "lock": None, "runs": [], "failed_total": 0,
+    "failed": [],
+}
 
 
 def test_show_returns_each_part_of_a_pipeline_state(store: PostgresStateStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,6 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "pipelines" / "demo-notes.yaml"
 
 
+@pytest.fixture(autouse=True)
+def inline_writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resources apply in the run's own process (a writer process per resource costs a second
+    to start here); the tests marked `writer_process` keep the writer process."""
+    if request.node.get_closest_marker("writer_process") is None:
+        monkeypatch.setenv("ETL_WRITER", "inline")
+
+
 # --- helpers -----------------------------------------------------------------------------
 
 
@@ -88,6 +96,7 @@ def run_failing(path: Path, **options: Any) -> RunResult:
 # --- parent and children ------------------------------------------------------------------
 
 
+@pytest.mark.writer_process
 def test_every_child_lands_once_and_a_second_run_writes_nothing(tmp_path: Path, demo_api: Any) -> None:
     api = demo_api(records=40)
     path = demo_notes(tmp_path, api)

@@ -124,7 +124,8 @@ def test_show_returns_each_part_of_a_pipeline_state(store: SqliteStateStore, mon
         "failed_total": 1,
         "failed": [{"external_id": "c", "error": "bad", "failed_at": "T", "raw": {"id": "c"}}],
     }
-    assert list(shown) == ["pipeline", "watermark", "checkpoint", "keys", "pending", "lock", "runs", "failed_total", "failed"]
+    assert list(shown) == [
+        "pipeline", "watermark", "checkpoint", "keys", "pending", "lock", "runs", "failed_total", "failed"]
     assert store.show("other") == {
         "pipeline": "other", "watermark": None, "checkpoint": None, "keys": 0, "pending": 0, "lock": None,
         "runs": [], "failed_total": 0, "failed": [],
