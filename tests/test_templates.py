@@ -322,3 +322,12 @@ def test_an_environment_value_fills_an_expression_as_text(tmp_path: Path) -> Non
     api = Api()
     run(path, env={"SINCE": "2023-06-01"}, transport=httpx.MockTransport(api))
     assert api.requests[0].url.params["jql"] == "project = OPS AND updated >= '2023-06-01'"
+
+
+def test_a_template_in_base_url_is_a_validation_error(tmp_path: Path) -> None:
+    """Only url, path, params, headers and json take templates: base_url is refused at its line."""
+    path = write_url(tmp_path, "  base_url: 'https://{{ watermark }}.jira.test'\n  path: /search\n",
+                     "  records: issues\n  incremental: {cursor_field: updated, param: since}")
+    found = [p for p in check_file(path, env={}) if p.severity == "error"]
+    assert [(p.path, p.line, p.message) for p in found] == [
+        ("source.base_url", 4, "templates are filled only in url, path, params, headers and json")]
