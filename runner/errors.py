@@ -2,6 +2,8 @@
 
     EtlError                      exit 1 unless a subclass says otherwise
     ├── ConfigError               exit 2: the pipeline file is wrong (carries Problems)
+    ├── TemplateValueError        a request template on `_parent` gave a value its place cannot hold
+    │                             (in runner.config.templates: one parent's children fail, not the run)
     ├── FetchError                the source or an HTTP target could not be read/written
     │   ├── ResponseError         a response came back but cannot be used (body, records type)
     │   └── PaginationLoopError   a next URL or cursor was seen twice in one run

@@ -292,7 +292,7 @@ class Source:
     incremental: Incremental | IncrementalToken | None = None
     concurrency: int = 4  # pages in flight for `page` and `offset`
     max_response_bytes: int = 50 * 1024 * 1024
-    # `{{ EXPR }}` in params, headers and json, compiled at load; the engine fills them per run
+    # `{{ EXPR }}` in url, path, params, headers and json, compiled at load; filled per run (or per parent)
     templates: tuple[Template, ...] = ()
 
 
