@@ -6,6 +6,7 @@ target on the fake CRM, including a kill -9 in the middle of the delete phase.""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -417,3 +418,44 @@ def test_a_kill_in_the_delete_phase_then_a_rerun_deletes_each_key_once(tmp_path:
         assert len(sent) == 7  # the stalled one, unanswered when killed, was sent again (and got its 404)
         assert sorted((obj["key"] for obj in crm.objects.values()), key=int) == [str(i) for i in sorted(source.items)]
         assert keys_held(tmp_path) == [str(i) for i in sorted(source.items)]
+
+
+def test_a_kill_in_the_sqlite_delete_phase_then_a_rerun_ends_exact(tmp_path: Path) -> None:
+    """kill -9 once the delete phase has committed its first plans (3,000 missing keys in plans of
+    500, applied in the engine's process, target then state): the re-run deletes the rest, counts
+    only what the state still held, and leaves exactly the source's rows and keys."""
+    with Catalog(6000) as server:
+        path = catalog_pipeline(
+            tmp_path, server, source={"pagination": {"size": 1000}},
+            target={"deletes": {"missing": True, "max_fraction": 0.6}},
+        )
+        assert run(path).counts.created == 6000
+        for i in range(1, 6001, 2):
+            del server.items[i]
+        log_path = tmp_path / "killed.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "run", str(path)], cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=log_file, env={**os.environ, "ETL_WRITER": "inline"},
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while _count(tmp_path) > 5000 and proc.poll() is None:  # two plans' rows gone: the first's state is in
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.001)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            proc.wait(timeout=10)
+        assert "keys=3000" in log_path.read_text()
+        held_before = len(keys_held(tmp_path))
+        assert 3000 <= held_before < 6000
+        result = run(path)
+        want = ids(*sorted(server.items))
+        assert rows(tmp_path) == want and keys_held(tmp_path) == [key for key, in want]
+        assert result.counts.deleted == held_before - 3000
+        assert run(path).counts.deleted == 0
+
+
+def _count(tmp_path: Path) -> int:
+    with sqlite3.connect(tmp_path / "out.db") as db:
+        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
