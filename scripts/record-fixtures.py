@@ -56,6 +56,10 @@ def _examples() -> list[Example]:
             "demo", lambda: DemoApi(250), "http://127.0.0.1:${DEMO_PORT:-8765}", lambda s: {},
             replayed="http://127.0.0.1:8765",
         ),
+        Example(  # the resources form: items, each item's notes (a child request), its tags (no request)
+            "demo-notes", lambda: DemoApi(40), "http://127.0.0.1:${DEMO_PORT:-8765}", lambda s: {},
+            replayed="http://127.0.0.1:8765",
+        ),
         Example(
             "slack", slack.SlackApi, "https://slack.com",
             lambda s: {"SLACK_BOT_TOKEN": slack.TOKEN, "SLACK_CHANNEL": slack.CHANNEL},

@@ -44,7 +44,7 @@ from runner.config import load_pipeline
 from runner.errors import FetchError
 from runner.model import JsonlTargetConfig, Pipeline, PostgresTargetConfig, Source
 from runner.result import RunResult
-from runner.state.base import FailedRecord, KeyState, PageCommit, RunRecord
+from runner.state.base import FailedRecord, KeyState, PageCommit, RunRecord, failure_key
 from runner.timestamps import parse_timestamp
 from runner.transform.functions import frozen_now
 
@@ -235,15 +235,20 @@ def _difference(a: tuple[str, str, str], b: tuple[str, str, str]) -> str:
 
 
 class ReplayStore:
-    """The state a recorded run started from, in memory; what the replay commits stays here."""
+    """The state a recorded run started from, in memory; what the replay commits stays here.
+
+    Kept per state key (`name`, or `name/resource` in the resources form), as the real stores
+    keep it: a key of one resource is not a key of another."""
 
     location = "the recording (etl test)"
 
     def __init__(self, state: Mapping[str, Any]) -> None:
         self._state = {str(k): v for k, v in state.items() if isinstance(v, dict)}
-        self._keys: dict[str, KeyState] = {}
-        self._failed: list[FailedRecord] = []
-        self._seen: dict[str, str] = {}  # key -> the sweep that saw it (deletes.missing)
+        self._keys: dict[str, dict[str, KeyState]] = {}
+        # (state key, failure key) -> the record, in the order they first failed; a record that fails
+        # again replaces its entry, as in the real stores
+        self._failed: dict[tuple[str, str], FailedRecord] = {}
+        self._seen: dict[str, dict[str, str]] = {}  # key -> the sweep that saw it (deletes.missing)
         self._pending: list[tuple[int, str, str, str]] = []  # (sequence, child state key, parent key, record)
 
     @contextmanager
@@ -264,30 +269,37 @@ class ReplayStore:
         return value if isinstance(value, str) else None
 
     def key_states(self, pipeline: str, keys: Sequence[str]) -> dict[str, KeyState]:
-        return {k: self._keys[k] for k in keys if k in self._keys}
+        known = self._keys.get(pipeline, {})
+        return {k: known[k] for k in keys if k in known}
 
     def commit_page(self, pipeline: str, commit: PageCommit) -> None:
+        known = self._keys.setdefault(pipeline, {})
         for key, digest, target_id in commit.hashes:
-            self._keys[key] = KeyState(digest, target_id)
+            known[key] = KeyState(digest, target_id)
         cleared = set(commit.succeeded)
-        self._failed = [f for f in self._failed if f.external_id not in cleared]
-        self._failed.extend(commit.failed)
-        # what the resources form adds to a commit (child work, deletes, the keys seen)
+        for where in [w for w, f in self._failed.items() if w[0] == pipeline and f.external_id in cleared]:
+            del self._failed[where]
+        for failure in commit.failed:
+            self._failed[(pipeline, failure_key(failure.external_id, failure.raw))] = failure
+        # what deletes and the resources form add to a commit (child work, deletes, the keys seen)
         for key in getattr(commit, "deleted", ()):
-            self._keys.pop(key, None)
+            known.pop(key, None)
         sweep = getattr(commit, "sweep", None)
+        seen = self._seen.setdefault(pipeline, {})
         for key in getattr(commit, "seen", ()) if isinstance(sweep, str) else ():
-            self._seen[key] = str(sweep)
+            seen[key] = str(sweep)
         done = set(getattr(commit, "done", ()))
         self._pending = [p for p in self._pending if p[2] not in done]
         for child, parent, record in getattr(commit, "pending", ()):
             self._pending.append((len(self._pending) + 1, child, parent, record))
 
     def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
-        return len(self._keys), sum(1 for key in self._keys if self._seen.get(key) != sweep)
+        known, seen = self._keys.get(pipeline, {}), self._seen.get(pipeline, {})
+        return len(known), sum(1 for key in known if seen.get(key) != sweep)
 
     def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
-        return sorted(k for k in self._keys if k > after and self._seen.get(k) != sweep)[:limit]
+        known, seen = self._keys.get(pipeline, {}), self._seen.get(pipeline, {})
+        return sorted(k for k in known if k > after and seen.get(k) != sweep)[:limit]
 
     def pending_work(self, pipeline: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
         return [(n, parent, record) for n, child, parent, record in self._pending if child == pipeline and n > after][
@@ -304,7 +316,8 @@ class ReplayStore:
         pass
 
     def show(self, pipeline: str, *, runs: int = 10, failed: int = 20) -> dict[str, Any]:
-        return {"pipeline": pipeline, "keys": len(self._keys), "failed_total": len(self._failed)}
+        failures = sum(1 for p, _ in self._failed if p == pipeline)  # keys: (state key, failure key)
+        return {"pipeline": pipeline, "keys": len(self._keys.get(pipeline, {})), "failed_total": failures}
 
     def reset(self, pipeline: str) -> None:
         pass
@@ -313,8 +326,11 @@ class ReplayStore:
         pass
 
     def failure_lines(self) -> list[str]:
-        """One line per failed record, after the writes: a mapping that starts failing shows."""
-        return [
-            json.dumps({"op": "failed", "external_id": f.external_id, "error": f.error}, ensure_ascii=False) + "\n"
-            for f in self._failed
-        ]
+        """One line per failed record, after the writes: a mapping that starts failing shows.
+        In the resources form each line names its resource first, as the dry run's lines do."""
+        lines = []
+        for (key, _), f in self._failed.items():
+            resource = {"resource": key.partition("/")[2]} if "/" in key else {}
+            line = {**resource, "op": "failed", "external_id": f.external_id, "error": f.error}
+            lines.append(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
+        return lines
