@@ -35,7 +35,7 @@ from runner.db import require_postgres_driver
 from runner.errors import EtlError, FetchError, Interrupted, StateError, UsageError
 from runner.extract.pagination import PageRequest, paginator_for
 from runner.extract.prefetch import prefetch
-from runner.extract.children import ChildReader, with_parent
+from runner.extract.children import ChildBatch, ChildReader, with_parent
 from runner.extract.reader import Page, SourceReader
 from runner.http.client import HttpClient
 from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUnavailable
@@ -320,35 +320,43 @@ class _Run:
             raise Interrupted(self.stop.reason)
 
     def _pump_children(self, children: ChildReader) -> None:
-        """A child resource's pages, parent after parent, through the planner to the applier:
-        the page that ends a parent's children also removes its recorded work, in the same
-        state transaction; a parent whose requests failed gets one failed record."""
+        """A child resource's pages, parent after parent, through the planner to the applier.
+
+        Several parents' pages go in one plan (up to CHILD_PLAN_RECORDS records or
+        CHILD_PLAN_PARENTS parents): most parents have one small page, and a state commit
+        per parent would cost more than its requests. The plan that holds a parent's last
+        page also removes its recorded work, in the same state transaction; a parent whose
+        requests failed gets one failed record, `parent:<key>`."""
         assert self.applier is not None and self.part is not None
+        applier = self.applier
         int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
-        planner = Planner(
-            self.pipeline.mapping, cursor=None, int_range=int_range, deleted_at=deleted_at(self.record.started_at)
-        )
+        planner = Planner(self.pipeline.mapping, cursor=None, int_range=int_range)
         planner.children = self.part.children
+        held = _ChildPlan()
+
+        def submit() -> None:
+            page = Page(0, PageRequest(""), held.records, None, special_numbers=held.special)
+            plan = planner.plan(page)
+            plan.checkpoint = None  # the recorded work is a child's checkpoint
+            plan.done, plan.failed = held.done, [*plan.failed, *held.failed]
+            applier.submit(plan)
+
         batches = children.batches()
         with closing(batches):
             try:
                 for batch in batches:
-                    empty = Page(0, PageRequest(""), [], None)
-                    plan = planner.plan(batch.page if batch.page is not None else empty)
-                    plan.checkpoint = None  # the recorded work is a child's checkpoint
-                    if batch.last:
-                        plan.done = [batch.key]
-                    if batch.error is not None:
-                        failure = f"parent {batch.key}: {batch.error}"
-                        plan.failed.append(FailedRecord(f"parent:{batch.key}", batch.parent, log.redact(failure)))
-                        log.event(logger, "child.failed", level=logging.WARNING, parent=batch.key, error=failure)
-                    self.applier.submit(plan)
+                    held.add(batch)
+                    if held.full():
+                        submit()
+                        held = _ChildPlan()
                     if self.stop.is_set():
                         break
+                if held.records or held.done:
+                    submit()
             except BaseException:
                 self.halt.set()
                 raise
-        applier, self.applier = self.applier, None
+        self.applier = None
         applier.close()
         if self.stop.is_set():
             raise Interrupted(self.stop.reason)
@@ -533,6 +541,34 @@ class _Run:
             error=log.redact(str(error)) if error else None,
             exit_code=_exit_code(error, self.counts),
         )
+
+
+CHILD_PLAN_RECORDS = 500  # child records in one plan (one target commit, one state transaction)
+CHILD_PLAN_PARENTS = 100  # parents whose children one plan completes
+
+
+class _ChildPlan:
+    """Child pages of several parents gathered into one plan."""
+
+    def __init__(self) -> None:
+        self.records: list[Any] = []
+        self.done: list[str] = []  # parents whose last page is here
+        self.failed: list[FailedRecord] = []
+        self.special = False
+
+    def add(self, batch: ChildBatch) -> None:
+        if batch.page is not None:
+            self.records.extend(batch.page.records)
+            self.special = self.special or batch.page.special_numbers
+        if batch.last:
+            self.done.append(batch.key)
+        if batch.error is not None:
+            failure = f"parent {batch.key}: {batch.error}"
+            self.failed.append(FailedRecord(f"parent:{batch.key}", batch.parent, log.redact(failure)))
+            log.event(logger, "child.failed", level=logging.WARNING, parent=batch.key, error=log.redact(failure))
+
+    def full(self) -> bool:
+        return len(self.records) >= CHILD_PLAN_RECORDS or len(self.done) >= CHILD_PLAN_PARENTS
 
 
 @dataclass(frozen=True)
