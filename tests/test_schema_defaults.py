@@ -40,6 +40,9 @@ def default(node: dict[str, Any], key: str) -> Any:
         (default(DEFS["auth_api_key"], "in"), model.ApiKeyAuth("k", model.Secret("v")).location),
         (default(DEFS["target_http"], "idempotency_key"), model.HttpTargetConfig(base_url="x").idempotency_key),
         (SCHEMA["properties"]["state"]["properties"]["path"]["default"], str(model.StateConfig().path)),
+        (default(DEFS["deletes"], "missing"), model.Deletes().missing),
+        (default(DEFS["deletes"], "mode"), model.Deletes().mode),
+        (default(DEFS["deletes"], "max_fraction"), model.Deletes().max_fraction),
     ],
 )
 def test_documented_default_is_the_model_default(documented: Any, actual: Any) -> None:
