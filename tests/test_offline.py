@@ -233,3 +233,23 @@ def test_the_examples_replay_their_recordings(name: str, monkeypatch: pytest.Mon
     assert outcome.equal, f"re-record with scripts/record-fixtures.py {name} if this is meant:\n{outcome.diff[:3000]}"
     assert outcome.unused == ()
     assert not (tmp_path / ".etl").exists()
+
+
+def test_the_replayed_state_is_kept_per_resource() -> None:
+    """A key or a failure of one resource is not another's: tags completing parent 1 leave the
+    notes resource's failure for it, and a key known to items is new to notes."""
+    from runner.authoring.offline import ReplayStore
+    from runner.state.base import FailedRecord, KeyState, PageCommit
+
+    store = ReplayStore({})
+    store.commit_page("p/items", PageCommit([("1", "h1", None)], [], [], None))
+    store.commit_page("p/notes", PageCommit([], [FailedRecord("parent:1", {"id": 1}, "HTTP 404")], [], None))
+    store.commit_page("p/notes", PageCommit([], [FailedRecord("parent:1", {"id": 1}, "HTTP 404")], [], None))
+    store.commit_page("p/tags", PageCommit([], [], ["parent:1"], None))
+    assert store.key_states("p/items", ["1"]) == {"1": KeyState("h1", None)}
+    assert store.key_states("p/notes", ["1"]) == {}
+    assert store.failure_lines() == [
+        '{"resource":"notes","op":"failed","external_id":"parent:1","error":"HTTP 404"}\n'
+    ]
+    store.commit_page("p/notes", PageCommit([], [], ["parent:1"], None))
+    assert store.failure_lines() == []

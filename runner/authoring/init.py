@@ -7,8 +7,7 @@ that each guess carries its comment. A credential given with `--header`
 (`Authorization`, or a key-like header such as `X-Api-Key`) or in the URL's
 query (`api_key=...`) becomes the `auth` block with a `${NAME_TOKEN}`-style
 variable; its value is never written. The file is checked as `etl validate`
-checks it before it is reported written; when the schema does not take typed
-fields (`{path, type}`) yet, the types go into comments instead.
+checks it before it is reported written.
 """
 
 from __future__ import annotations
@@ -76,11 +75,8 @@ def init_pipeline(
     credentials = _Credentials(name, given, url)
     body, response = _fetch(url, given, transport)
     inferred = infer(body, response.headers, url)
-    text = _render(name, url, inferred, credentials, typed=True)
+    text = _render(name, url, inferred, credentials)
     problems = _write_checked(path, text, credentials.variables)
-    if any(p.path.startswith("mapping.fields") for p in problems):  # no typed fields in this schema yet
-        text = _render(name, url, inferred, credentials, typed=False)
-        problems = _write_checked(path, text, credentials.variables)
     return Written(
         path, text, tuple(credentials.variables), tuple(inferred.notes + credentials.notes), inferred.record_count,
         tuple(problems),
@@ -186,7 +182,7 @@ class _Credentials:
 # --- the file ---------------------------------------------------------------------------------
 
 
-def _render(name: str, url: str, inferred: Inferred, credentials: _Credentials, *, typed: bool) -> str:
+def _render(name: str, url: str, inferred: Inferred, credentials: _Credentials) -> str:
     shown_url = log.mask_query(url)
     lines = [
         f"# {name}: written by `etl init` from one GET of {shown_url}",
@@ -212,10 +208,7 @@ def _render(name: str, url: str, inferred: Inferred, credentials: _Credentials, 
     lines += ["", "mapping:", external_id]
     lines.append("  fields:")
     for f in inferred.fields:
-        if typed:
-            lines.append(_commented(f"    {f.name}: {_flow({'path': f.path, 'type': f.type})}", f.why))
-        else:
-            lines.append(_commented(f"    {f.name}: {_scalar(f.path)}", f"{f.why} (type: {f.type})"))
+        lines.append(_commented(f"    {f.name}: {_flow({'path': f.path, 'type': f.type})}", f.why))
     if not inferred.fields:
         lines.append("    raw: '@'                   # the response had no records to read fields from")
     table = re.sub(r"[^A-Za-z0-9_]", "_", name)
