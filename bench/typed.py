@@ -52,6 +52,7 @@ def run_typed(root: Path, *, quick: bool, repeat: int) -> int:
     work.mkdir(parents=True)
     out = bench.Outcome(scenario)
     walls: dict[str, list[float]] = {"untyped": [], "typed": []}
+    cpus: dict[str, list[float]] = {"untyped": [], "typed": []}  # steadier than wall on a busy machine
     bench._say(f"typed scenario: {scenario.records:,} records, {repeat} runs a side, alternating")
     try:
         with bench.DemoApi(scenario, work / "api.log") as api:
@@ -63,9 +64,10 @@ def run_typed(root: Path, *, quick: bool, repeat: int) -> int:
                     result = _one_run(bench, scenario, api, work / f"{side}-{n}", text, out)
                     if result is not None:
                         walls[side].append(result["wall_s"])
+                        cpus[side].append(result["cpu_s"])
     except (RuntimeError, OSError) as exc:
         out.broken.append(f"{type(exc).__name__}: {exc}")
-    print(report(scenario.records, walls, out.broken))
+    print(report(scenario.records, walls, cpus, out.broken))
     if out.broken:
         bench._say(f"kept {root} (logs and databases)")
     else:
@@ -89,8 +91,9 @@ def _one_run(bench: Any, scenario: Any, api: Any, work: Path, text: str, out: An
     return result if len(out.broken) == broken else None
 
 
-def report(records: int, walls: dict[str, list[float]], broken: list[str]) -> str:
-    """Both sides' records/s (median wall), their ratio and the verdict."""
+def report(records: int, walls: dict[str, list[float]], cpus: dict[str, list[float]], broken: list[str]) -> str:
+    """Both sides' records/s (median wall), their ratio and the verdict; and the CPU time each
+    side spent (all of etl's processes), which machine load disturbs less than wall time."""
     if not (walls["untyped"] and walls["typed"]):
         return "typed scenario: BROKEN\n" + "\n".join(f"  BROKEN: {why}" for why in broken)
     rps = {side: records / statistics.median(w) for side, w in walls.items()}
@@ -103,6 +106,9 @@ def report(records: int, walls: dict[str, list[float]], broken: list[str]) -> st
             for side, w in walls.items()
         ),
         f"  typed/untyped {ratio:.3f}x  target >= {TARGET:g}x  {verdict}",
+        f"  CPU s (median): untyped {statistics.median(cpus['untyped']):.2f}, typed "
+        f"{statistics.median(cpus['typed']):.2f}: typed costs "
+        f"{statistics.median(cpus['typed']) / statistics.median(cpus['untyped']):.3f}x the CPU",
         *(f"  BROKEN: {why}" for why in broken),
     ]
     return "\n".join(lines)

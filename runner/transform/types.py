@@ -274,10 +274,12 @@ def timestamp_text(instant: datetime) -> str:
             instant = instant.astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise Rejected("out of range (years 1 to 9999 in UTC)") from None
-    text = instant.isoformat()[:-6]  # an aware UTC datetime ends in +00:00
-    if "." in text:
-        text = text.rstrip("0")
-    return text + "Z"
+    # %-formatting of the fields: about half of what isoformat() of an aware datetime costs
+    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (
+        instant.year, instant.month, instant.day, instant.hour, instant.minute, instant.second,
+    )
+    micro = instant.microsecond
+    return f"{text}.{micro:06d}".rstrip("0") + "Z" if micro else text + "Z"
 
 
 def _instant(value: Any) -> datetime:
