@@ -274,9 +274,10 @@ def timestamp_text(instant: datetime) -> str:
             instant = instant.astimezone(timezone.utc)
         except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
             raise Rejected("out of range (years 1 to 9999 in UTC)") from None
-    # %-formatting of the fields: about half of what isoformat() of an aware datetime costs
-    text = "%04d-%02d-%02dT%02d:%02d:%02d" % (
-        instant.year, instant.month, instant.day, instant.hour, instant.minute, instant.second,
+    # formatted from its fields: about half of what isoformat() of an aware datetime costs
+    text = (
+        f"{instant.year:04d}-{instant.month:02d}-{instant.day:02d}"
+        f"T{instant.hour:02d}:{instant.minute:02d}:{instant.second:02d}"
     )
     micro = instant.microsecond
     return f"{text}.{micro:06d}".rstrip("0") + "Z" if micro else text + "Z"
