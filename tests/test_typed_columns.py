@@ -366,3 +366,17 @@ def test_postgres_a_numeric_column_with_a_scale_is_taken(tmp_path: Path, api: Ap
     api.body = body('{"id": 1, "d": "19.99"}')
     run(pipeline(tmp_path, api, pg_target(dsn), {"d": TYPED["d"]}), **NO_WAIT)
     assert pg(dsn, "SELECT d::text FROM items") == [("19.99",)]
+
+
+def test_postgres_one_page_of_integers_and_numbers_of_every_size(tmp_path: Path, api: Api, dsn: str) -> None:
+    """Small and 64-bit integers, nulls, floats and integers past 64 bits for a number column,
+    in one page (one prepared statement): each lands in its bigint or double precision column."""
+    fields = {"i": TYPED["i"], "n": TYPED["n"]}
+    api.body = body(
+        '{"id": 1, "i": 1, "n": 1}', f'{{"id": 2, "i": {2**40}, "n": 1.5}}', '{"id": 3, "i": null, "n": null}',
+        f'{{"id": 4, "i": "{-(2**63)}", "n": 100000000000000000000}}',
+    )
+    assert run(pipeline(tmp_path, api, pg_target(dsn), fields), **NO_WAIT).counts.created == 4
+    assert pg(dsn, "SELECT i, n FROM items ORDER BY external_id") == [
+        (1, 1.0), (2**40, 1.5), (None, None), (-(2**63), 1e20),
+    ]

@@ -21,6 +21,7 @@ from runner.model import MappingSpec
 from runner.transform import types
 from runner.transform.mapping import Failed, Mapped, Mapper
 from runner.transform.types import ExactFloat, Rejected, parse_float
+from runner.transform.values import HugeNumber
 
 BIG = 2**63
 
@@ -32,6 +33,7 @@ ACCEPTED: list[tuple[str, Any, Any]] = [
     ("string", -1.5, "-1.5"),
     ("string", True, "true"),
     ("string", False, "false"),
+    ("string", HugeNumber("9" * 5000), "9" * 5000),
     ("integer", 42, 42),
     ("integer", -(2**63), -(2**63)),
     ("integer", 2**63 - 1, 2**63 - 1),
@@ -102,6 +104,8 @@ REJECTED: list[tuple[str, Any, str]] = [
     ("integer", BIG, "64-bit"),
     ("integer", str(BIG), "64-bit"),
     ("integer", "1_000", "not a number"),
+    ("integer", HugeNumber("9" * 5000), "64-bit"),
+    ("decimal", HugeNumber("9" * 5000), "exponent"),
     ("integer", "", "not a number"),
     ("integer", [1], "not a number"),
     ("integer", float("inf"), "finite"),

@@ -118,6 +118,8 @@ def to_string(value: Any) -> str:
     kind = type(value)
     if kind is str:
         return value  # type: ignore[no-any-return]
+    if isinstance(value, str):  # a HugeNumber (a number of more than 4,300 digits): its text
+        return str(value)
     if kind is bool:
         return "true" if value else "false"
     if kind is int:
