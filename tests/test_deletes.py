@@ -348,6 +348,24 @@ def test_the_http_target_deletes_by_the_stored_target_id_and_a_404_counts_as_don
         assert len(deletes_sent(crm)) == 2
 
 
+def test_an_http_upsert_target_deletes_a_marked_record_by_its_external_id(tmp_path: Path, catalog: Catalog) -> None:
+    """With `upsert` and `delete` by `{external_id}` (no target ids), a marked record is one DELETE
+    /contacts/by-key/{external_id}; the marker still in the source sends nothing more."""
+    with FakeCrm() as crm:
+        target = {
+            "type": "http", "base_url": crm.base_url,
+            "upsert": {"method": "PUT", "path": "/contacts/by-key/{external_id}"},
+            "delete": {"path": "/contacts/by-key/{external_id}"},
+        }
+        path = catalog_pipeline(tmp_path, catalog, target=whole(target), mapping={"deleted": "gone"})
+        assert run(path).counts.created == 10
+        catalog.items[6] = item(6, gone=True)
+        assert run(path).counts.deleted == 1
+        assert deletes_sent(crm) == ["/contacts/by-key/6"]
+        assert sorted(int(obj["name"].split()[1]) for obj in crm.objects.values()) == [1, 2, 3, 4, 5, 7, 8, 9, 10]
+        assert run(path).counts.deleted == 0 and len(deletes_sent(crm)) == 1
+
+
 def test_an_http_delete_the_target_refuses_fails_that_key_alone(tmp_path: Path, catalog: Catalog) -> None:
     """A 422 to a DELETE fails that key (kept, exit 3); the key stays held, so the next run tries again."""
     with FakeCrm() as crm:
