@@ -378,7 +378,7 @@ class _Run:
         delete_missing(
             self.store, self.pipeline.name, sweep, self.pipeline.target.deletes, self.pipeline.target,
             submit=applier.submit, last_page=self.pages, deleted_at=deleted_at(self.record.started_at),
-            dry_run=self.options.dry_run,
+            dry_run=self.options.dry_run, stopped=self.stop.is_set,
         )
 
     def _close(self, error: EtlError | None) -> EtlError | None:

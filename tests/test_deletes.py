@@ -477,3 +477,34 @@ def test_a_kill_in_the_sqlite_delete_phase_then_a_rerun_ends_exact(tmp_path: Pat
 def _count(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / "out.db") as db:
         return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+def test_a_sigterm_in_the_delete_phase_stops_after_the_answered_delete(tmp_path: Path) -> None:
+    """SIGTERM while the 2nd of 6 DELETEs waits: that DELETE is answered and committed, no further
+    one is sent, the run exits 143; the next run deletes the other 4, none of the 6 twice."""
+    with Catalog(20) as source, StallingCrm(stall_at=2) as crm:
+        path = crm_pipeline(tmp_path, source, crm, max_fraction=0.5)
+        run(path)
+        by_id = {obj["id"]: obj["key"] for obj in crm.objects.values()}
+        for i in (3, 6, 7, 12, 15, 20):
+            del source.items[i]
+        with open(tmp_path / "stopped.log", "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "runner", "run", str(path)], cwd=tmp_path,
+                stdout=subprocess.DEVNULL, stderr=log_file,
+            )
+        try:
+            assert crm.stalled.wait(30), (tmp_path / "stopped.log").read_text()
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)  # the signal is handled while the DELETE still waits
+        finally:
+            crm.release.set()
+            code = proc.wait(timeout=20)
+        assert code == 143, (tmp_path / "stopped.log").read_text()
+        assert "status=interrupted" in (tmp_path / "stopped.log").read_text()
+        assert len(deletes_sent(crm)) == 2
+        assert len(keys_held(tmp_path)) == 18
+        assert run(path).counts.deleted == 4
+        sent = [by_id[p.rsplit("/", 1)[1]] for p in deletes_sent(crm)]
+        assert sorted(sent, key=int) == ["3", "6", "7", "12", "15", "20"]
+        assert keys_held(tmp_path) == [str(i) for i in sorted(source.items)]

@@ -91,9 +91,11 @@ def incomplete(
 def delete_missing(
     store: StateStore, pipeline: str, sweep: Sweep, deletes: Deletes, target: TargetConfig, *,
     submit: Callable[[PagePlan], None], last_page: int, deleted_at: str, dry_run: bool,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> int:
     """Hand the keys this complete run did not read to `submit`, in plans; return how many.
-    DeletesRefused (nothing deleted) when they are more than `max_fraction` of the store's keys."""
+    DeletesRefused (nothing deleted) when they are more than `max_fraction` of the store's keys.
+    When `stopped()` (a signal), no further plan is handed over: the next run deletes the rest."""
     total, missing = _counts(store, pipeline, sweep, dry_run)
     if missing == 0:
         return 0
@@ -105,9 +107,11 @@ def delete_missing(
     for key in _missing(store, pipeline, sweep, dry_run):
         chunk.append(key)
         if len(chunk) == size:
+            if stopped():
+                return missing
             submit(_plan(chunk, last_page, deleted_at))
             chunk = []
-    if chunk:
+    if chunk and not stopped():
         submit(_plan(chunk, last_page, deleted_at))
     return missing
 
