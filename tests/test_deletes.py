@@ -508,3 +508,49 @@ def test_a_sigterm_in_the_delete_phase_stops_after_the_answered_delete(tmp_path:
         sent = [by_id[p.rsplit("/", 1)[1]] for p in deletes_sent(crm)]
         assert sorted(sent, key=int) == ["3", "6", "7", "12", "15", "20"]
         assert keys_held(tmp_path) == [str(i) for i in sorted(source.items)]
+
+
+# --- apply: deletes in a batch of pages ------------------------------------------------------------
+
+
+def test_deletes_in_a_batch_leave_what_the_pages_one_by_one_leave(tmp_path: Path) -> None:
+    """Pages that create, delete and re-create keys give the same rows, state keys and counts
+    applied one by one and as one batch (what the writer process does when it is behind)."""
+    from runner.load.apply import PagePlan, apply_plans
+    from runner.load.contenthash import RecordHasher
+    from runner.model import SqliteTargetConfig
+    from runner.result import Counts
+    from runner.targets.sqlite import SqliteTarget
+
+    hasher = RecordHasher(["name"])
+
+    def page(number: int, mapped: dict[str, str], deleted: list[str]) -> PagePlan:
+        records = [(key, {"name": name}) for key, name in mapped.items()]
+        counts = Counts(processed=len(records) + len(deleted))
+        return PagePlan(number, len(records), records, [], None, counts, deleted=deleted, deleted_at="t")
+
+    def pages() -> list[PagePlan]:
+        return [
+            page(1, {"a": "A", "b": "B"}, ["z"]), page(2, {"c": "C"}, ["a"]), page(3, {"a": "A again"}, ["b", "q"]),
+            page(4, {}, ["c"]), page(5, {"b": "B again"}, ["a"]),
+        ]
+
+    outcomes = []
+    for batched in (False, True):
+        folder = tmp_path / str(batched)
+        store = SqliteStateStore(folder / "state.db")
+        target = SqliteTarget(SqliteTargetConfig(folder / "out.db", "items"), fields=["name"])
+        apply_plans("p", store, target, hasher, [page(0, {"z": "Z", "q": "Q"}, [])], committed=None)
+        total = Counts()
+        for group in ([pages()] if batched else [[p] for p in pages()]):
+            total.add(apply_plans("p", store, target, hasher, group, committed=None).counts)
+        with sqlite3.connect(folder / "out.db") as db:
+            landed = db.execute("SELECT external_id, name FROM items ORDER BY 1").fetchall()
+        held = sorted(k for k, in store._db.execute("SELECT external_id FROM keys WHERE pipeline='p'"))
+        outcomes.append((total.created, total.updated, total.deleted, total.skipped, landed, held))
+        target.close()
+        store.close()
+    assert outcomes[0] == outcomes[1]
+    created, updated, deleted, skipped, landed, held = outcomes[0]
+    assert landed == [("b", "B again")] and held == ["b"]
+    assert (created, updated, deleted, skipped) == (5, 0, 6, 0)
