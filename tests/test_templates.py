@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jmespath
 import pytest
 
 from runner.config import check_file, load_pipeline, templates
 from runner.engine import run
+from runner import model
 from runner.errors import ConfigError
+from runner.model import Source
 from runner.state import open_store
 
 PIPELINE = """\
@@ -224,20 +228,29 @@ def test_a_null_watermark_in_the_url_is_a_configuration_error(tmp_path: Path) ->
         caught.value)
 
 
-PARENT = """\
-  records: issues
-  params: {q: 'issue = {{ _parent.key }}', since: '{{ _parent.since }}'}
-  json: {ids: '{{ _parent.ids }}'}"""
+def with_templates(source: Source, *texts: tuple[tuple[str | int, ...], str]) -> Source:
+    """`source` with templates built from (where, text) as the loader builds them: on `_parent`,
+    which only a child resource may read (a simple-form file using it is refused at load)."""
+    built = []
+    for where, text in texts:
+        pieces = templates.split(text)
+        parts = [model.Expr(t, jmespath.compile(t)) if is_expression else t for is_expression, t in pieces]
+        built.append(templates.Template(where, tuple(parts)))
+    return dataclasses.replace(source, templates=tuple(built))
 
 
 def test_fill_takes_any_context_name(tmp_path: Path) -> None:
     """`_parent` (a child resource's context) fills url, params and json as `watermark` does."""
-    path = write_url(tmp_path, "  base_url: https://jira.test\n  path: '/issues/{{ _parent.key }}/comments'\n",
-                     PARENT)
-    source = templates.fill(load_pipeline(path).source, {"_parent": {"key": "OPS/1", "ids": [1, 2]}})
-    assert source.url == "https://jira.test/issues/OPS%2F1/comments"
-    assert dict(source.params) == {"q": "issue = OPS/1"}  # the exact null left `since` out
-    assert source.json == {"ids": [1, 2]} and source.templates == ()
+    loaded = load_pipeline(write(tmp_path, "  records: issues\n  method: POST\n  json: {ids: [], keep: 1}")).source
+    source = with_templates(
+        loaded, (("url",), "https://jira.test/issues/{{ _parent.key }}/comments"),
+        (("params", "q"), "issue = {{ _parent.key }}"), (("params", "since"), "{{ _parent.since }}"),
+        (("json", "ids"), "{{ _parent.ids }}"),
+    )
+    filled = templates.fill(source, {"_parent": {"key": "OPS/1", "ids": [1, 2]}})
+    assert filled.url == "https://jira.test/issues/OPS%2F1/comments"
+    assert dict(filled.params) == {"q": "issue = OPS/1"}  # the exact null left `since` out
+    assert filled.json == {"ids": [1, 2], "keep": 1} and filled.templates == ()
 
 
 @pytest.mark.parametrize(("parent", "key", "kind"), [
@@ -249,9 +262,9 @@ def test_a_parent_value_that_cannot_be_written_is_a_template_value_error(
 ) -> None:
     """Not a ConfigError: a TemplateValueError naming the key and the template, so that only
     that parent's children fail."""
-    path = write_url(tmp_path, "  url: 'https://jira.test/issues/{{ _parent.key }}'\n",
-                     "  records: issues\n  params: {q: 'in {{ _parent }}'}")
-    source = load_pipeline(path).source
+    source = with_templates(load_pipeline(write(tmp_path, "  records: issues")).source,
+                            (("url",), "https://jira.test/issues/{{ _parent.key }}"),
+                            (("params", "q"), "in {{ _parent }}"))
     with pytest.raises(templates.TemplateValueError) as caught:
         templates.fill(source, {"_parent": parent})
     assert not isinstance(caught.value, ConfigError)
@@ -262,11 +275,15 @@ def test_a_parent_value_that_cannot_be_written_is_a_template_value_error(
 
 
 def test_a_template_reading_watermark_and_parent_is_the_parents_fault(tmp_path: Path) -> None:
-    """An expression that reads a run-time name is that context's error even beside `watermark`."""
-    path = write(tmp_path, "  records: issues\n  params: {q: 'x {{ _parent.a || watermark }}'}\n"
-                 "  incremental: {cursor_field: updated}")
+    """An expression that reads a run-time name is that context's error even beside `watermark`;
+    one that reads only `watermark` is the file's (ConfigError)."""
+    path = write(tmp_path, "  records: issues\n  incremental: {cursor_field: updated, param: s}")
+    source = load_pipeline(path).source
     with pytest.raises(templates.TemplateValueError):
-        templates.fill(load_pipeline(path).source, {"watermark": None, "_parent": {}})
+        templates.fill(with_templates(source, (("params", "q"), "x {{ _parent.a || watermark }}")),
+                       {"watermark": None, "_parent": {}})
+    with pytest.raises(ConfigError):
+        templates.fill(with_templates(source, (("params", "q"), "x {{ watermark }}")), {"watermark": None})
 
 
 @pytest.mark.parametrize(("text", "pieces"), [
