@@ -502,13 +502,13 @@ def _delete_problems(data: Any, report: _Report) -> None:
         return
     deletes = target.get("deletes")
     fields = _get(data, ("mapping", "fields"))
-    if isinstance(deletes, dict) and deletes.get("mode") == "soft" and isinstance(fields, dict):
-        if "_deleted_at" in fields:
-            report.add(
-                ("mapping", "fields", "_deleted_at"),
-                "`_deleted_at` is the column a soft delete sets (target.deletes.mode: soft); name this field differently",
-                key=True,
-            )
+    soft = isinstance(deletes, dict) and deletes.get("mode") == "soft"
+    if soft and isinstance(fields, dict) and "_deleted_at" in fields:
+        report.add(
+            ("mapping", "fields", "_deleted_at"),
+            "`_deleted_at` is the column a soft delete sets (target.deletes.mode: soft); name this field differently",
+            key=True,
+        )
     if target.get("type") != "http":
         return
     wants = [path for path in (("target", "deletes"), ("mapping", "deleted")) if _get(data, path) is not None]
