@@ -183,6 +183,13 @@ def test_parse_float_keeps_plain_floats_and_the_literal_a_float_cannot_hold() ->
     assert isinstance(again, ExactFloat) and again.text == exact.text
 
 
+def test_exponents_past_a_float_keep_their_literal() -> None:
+    """1e400 is infinity as a float and 1e-320 a subnormal; as decimals they are exact."""
+    big, tiny = json.loads("[1e400, 1.5e-320]", parse_float=parse_float)
+    assert types.to_decimal(big) == "1" + "0" * 400
+    assert types.to_decimal(tiny) == "0." + "0" * 319 + "15"
+
+
 def test_without_parse_float_the_same_literal_loses_digits() -> None:
     """Why parse_float exists: a plain float of that literal is not the decimal that was sent."""
     plain = json.loads("12345678901234567890.123456789")

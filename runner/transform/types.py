@@ -90,8 +90,8 @@ def parse_float(text: str) -> float:
     """`json.loads`'s parse_float that loses no digit: a plain float when it holds the
     literal's value exactly as its shortest form ("19.99", "1.50", "1e3"), else an
     ExactFloat (more digits than a float keeps)."""
-    if len(text) <= 15:  # at most 15 significant digits: a double holds them exactly (DBL_DIG)
-        return float(text)
+    if len(text) <= 15 and "e" not in text and "E" not in text:
+        return float(text)  # at most 15 digits and no exponent: a double keeps them (DBL_DIG)
     value = float(text)
     if repr(value) == text or Decimal(repr(value)) == Decimal(text):
         return value
