@@ -57,6 +57,7 @@ class Mapper:
     def __init__(self, spec: MappingSpec) -> None:
         self.spec = spec
         self._fast = _generate(spec)
+        self._converters = _converters(spec)  # the slow path's; the fast one inlines them
 
     def map(self, raw: Any) -> Mapped | Deleted | Failed | None:
         """Map one source record; None means the filter skipped it."""
@@ -87,7 +88,7 @@ class Mapper:
         if spec.deleted is not None and truthy(spec.deleted.search(raw)):
             return key, None
         record = {name: expr.search(raw) for name, expr in spec.fields}
-        for name, convert in _converters(spec).items():
+        for name, convert in self._converters.items():
             record[name] = convert(record[name])
         return key, record
 
@@ -125,10 +126,9 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
     if spec.deleted is not None:
         lines.append(f"    if _truthy({source(spec.deleted)}):\n        return {source(spec.external_id)}, None")
     locals_ = {name: f"_f{i}" for i, (name, _) in enumerate(spec.fields)}
-    converters = _converters(spec)
     for name, expr in spec.fields:
         lines.append(f"    {locals_[name]} = {source(expr)}")
-        if name in converters and (line := _conversion(name, locals_[name], spec, names)):
+        if line := _conversion(name, locals_[name], spec, names):  # typed or required fields only
             lines.append(line)
     record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
     lines.append(f"    return {source(spec.external_id)}, {{{record}}}")
