@@ -330,7 +330,9 @@ class _Run:
         assert self.applier is not None and self.part is not None
         applier = self.applier
         int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
-        planner = Planner(self.pipeline.mapping, cursor=None, int_range=int_range)
+        planner = Planner(
+            self.pipeline.mapping, cursor=None, int_range=int_range, deleted_at=deleted_at(self.record.started_at)
+        )
         planner.children = self.part.children
         held = _ChildPlan()
 

@@ -554,3 +554,38 @@ def test_deletes_in_a_batch_leave_what_the_pages_one_by_one_leave(tmp_path: Path
     created, updated, deleted, skipped, landed, held = outcomes[0]
     assert landed == [("b", "B again")] and held == ["b"]
     assert (created, updated, deleted, skipped) == (5, 0, 6, 0)
+
+
+def test_a_child_resource_soft_deletes_a_marked_record_with_the_runs_start(tmp_path: Path, catalog: Catalog) -> None:
+    """The resources form: a `from_parent` child whose record is marked deleted gets its
+    `_deleted_at` set to the run's start (an ISO-8601 UTC time, never empty)."""
+    for record in catalog.items.values():
+        record["tags"] = [{"tag": "a", "removed": False}, {"tag": "b", "removed": False}]
+    document = {
+        "version": 1, "name": "kids",
+        "source": {"base_url": catalog.base_url},
+        "target": {"type": "sqlite", "path": str(tmp_path / "out.db"), "deletes": {"mode": "soft"}},
+        "state": {"path": str(tmp_path / "state.db")},
+        "resources": {
+            "items": {
+                "source": {"path": "/items", "records": "data", "pagination": {
+                    "type": "page", "size_param": "per_page", "size": 4, "total_pages": "total_pages"}},
+                "mapping": {"external_id": "to_string(id)", "fields": {"name": "name"}},
+            },
+            "tags": {
+                "parent": "items", "from_parent": "tags",
+                "mapping": {"external_id": "join('/', [to_string(_parent.id), tag])", "deleted": "removed",
+                            "fields": {"tag": "tag"}},
+            },
+        },
+    }
+    path = tmp_path / "kids.yaml"
+    path.write_text(json.dumps(document))
+    run(path)
+    catalog.items[3] = {**catalog.items[3], "name": "item 3 changed",
+                        "tags": [{"tag": "a", "removed": True}, {"tag": "b", "removed": False}]}
+    run(path)
+    with sqlite3.connect(tmp_path / "out.db") as db:
+        stamped = db.execute("SELECT external_id, _deleted_at FROM tags WHERE _deleted_at IS NOT NULL").fetchall()
+    assert [key for key, _ in stamped] == ["3/a"]
+    assert stamped[0][1].endswith("Z") and stamped[0][1][:2] == "20", stamped

@@ -18,10 +18,11 @@ from runner.extract.pagination import PageRequest
 from runner.extract.reader import Page
 from runner.load.apply import PagePlan
 from runner.load.deletes import Sweep
+from runner.load.deletes import deleted_at as soft_stamp
 from runner.load.watermark import Cursor, SyncToken
 from runner.model import MappingSpec
 from runner.result import Counts
-from runner.state.base import FailedRecord
+from runner.state.base import FailedRecord, now_iso
 from runner.transform.mapping import Deleted, Failed, Mapper
 from runner.transform.values import unstorable
 
@@ -63,7 +64,7 @@ class Planner:
     ) -> None:
         mapper = Mapper(mapping)
         self._map, self._key = mapper.map, mapper.key
-        self._deleted_at = deleted_at  # the run's start: what a soft delete writes
+        self._deleted_at = deleted_at or soft_stamp(now_iso())  # the run's start: what a soft delete writes
         self._sweep = sweep  # deletes.missing: which keys this run read
         self._cursor = cursor
         self._int_range = int_range  # the integers the target stores (SQLite: 64 bits)
