@@ -19,7 +19,7 @@ from typing import Any
 
 from jmespath.exceptions import JMESPathError
 
-from runner.transform.expressions import inline_source, to_string, truthy
+from runner.transform.expressions import evaluator, inline_source, to_string, truthy
 from runner.transform.types import CONVERTERS, UNCHANGED, ConversionError
 from runner.model import Expr, MappingSpec
 
@@ -56,6 +56,7 @@ class Mapper:
 
     def __init__(self, spec: MappingSpec) -> None:
         self.spec = spec
+        self._search_key = _key_searcher(spec.external_id)
         self._fast = _generate(spec)
         self._converters = _converters(spec)  # the slow path's; the fast one inlines them
 
@@ -68,23 +69,26 @@ class Mapper:
             key_value, record = outcome
             key = key_string(key_value)
         except ConversionError as exc:  # its message names the field, the type and the value
-            return Failed(_safe_key(self.spec, raw), raw, str(exc))
+            return Failed(self.key(raw), raw, str(exc))
         except RECORD_ERRORS as exc:
-            return Failed(_safe_key(self.spec, raw), raw, f"{type(exc).__name__}: {exc}")
+            return Failed(self.key(raw), raw, f"{type(exc).__name__}: {exc}")
         if key is None:
             return Failed(None, raw, f"external_id ({self.spec.external_id.text}) is null or empty")
         return Deleted(key) if record is None else Mapped(key, record)
 
     def key(self, raw: Any) -> str | None:
         """The record's key, or None when it has none (a filtered record still has one)."""
-        return _safe_key(self.spec, raw)
+        try:
+            return key_string(self._search_key(raw))
+        except RECORD_ERRORS:
+            return None
 
     def _slow(self, raw: Any) -> _Outcome:
         """The same outcome through each expression's own evaluator (a record that is no object)."""
         spec = self.spec
         if spec.filter is not None and not truthy(spec.filter.search(raw)):
             return None
-        key = spec.external_id.search(raw)
+        key = self._search_key(raw)
         if spec.deleted is not None and truthy(spec.deleted.search(raw)):
             return key, None
         record = {name: expr.search(raw) for name, expr in spec.fields}
@@ -120,18 +124,29 @@ def _generate(spec: MappingSpec) -> Callable[[dict[str, Any]], _Outcome]:
         names[name] = expr.search
         return f"{name}(r)"
 
+    def key_source() -> str:
+        argument = _to_string_argument(spec.external_id)
+        if argument is None:
+            return source(spec.external_id)
+        inline = inline_source(argument, "r", lambda: f"_t{next(counter)}")
+        if inline is None:
+            inline = f"_e{next(counter)}(r)"
+            names[inline[:-3]] = evaluator(argument)
+        return f"_key_of({inline})"
+
+    names["_key_of"] = _key_of
     lines = ["def _map(r):"]
     if spec.filter is not None:
         lines.append(f"    if not _truthy({source(spec.filter)}):\n        return None")
     if spec.deleted is not None:
-        lines.append(f"    if _truthy({source(spec.deleted)}):\n        return {source(spec.external_id)}, None")
+        lines.append(f"    if _truthy({source(spec.deleted)}):\n        return {key_source()}, None")
     locals_ = {name: f"_f{i}" for i, (name, _) in enumerate(spec.fields)}
     for name, expr in spec.fields:
         lines.append(f"    {locals_[name]} = {source(expr)}")
         if line := _conversion(name, locals_[name], spec, names):  # typed or required fields only
             lines.append(line)
     record = ", ".join(f"{name!r}: {locals_[name]}" for name, _ in spec.fields)
-    lines.append(f"    return {source(spec.external_id)}, {{{record}}}")
+    lines.append(f"    return {key_source()}, {{{record}}}")
     code = "\n".join(lines)
     # the source is made of repr()s of field names and of inline_source()'s output, never raw config text
     exec(compile(code, f"<mapping {spec.external_id.key or 'mapping'}>", "exec"), names)
@@ -194,8 +209,25 @@ def _conversion(name: str, local: str, spec: MappingSpec, names: dict[str, Any])
     return "\n".join(lines)
 
 
-def _safe_key(spec: MappingSpec, raw: Any) -> str | None:
-    try:
-        return key_string(spec.external_id.search(raw))
-    except RECORD_ERRORS:
-        return None
+def _key_of(value: Any) -> str | None:
+    """`to_string` for a key: a null stays null (JMESPath's gives "null"), so the record fails."""
+    return None if value is None else to_string(value)
+
+
+def _to_string_argument(expr: Expr) -> Any:
+    """The argument's AST when the expression is `to_string(X)`, else None."""
+    node = expr.parsed.parsed
+    if node.get("type") == "function_expression" and node.get("value") == "to_string":
+        children = node.get("children") or []
+        return children[0] if len(children) == 1 else None
+    return None
+
+
+def _key_searcher(expr: Expr) -> Callable[[Any], Any]:
+    """The external_id's value; `to_string(id)` of a record without `id` is null, not "null":
+    every record without a key would otherwise share the key "null"."""
+    argument = _to_string_argument(expr)
+    if argument is None:
+        return expr.search
+    inner = evaluator(argument)
+    return lambda raw: _key_of(inner(raw))
