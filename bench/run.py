@@ -467,7 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, databases)")
     parser.add_argument("--typed", action="store_true", help="the typed-fields scenario alone (bench/typed.py)")
+    parser.add_argument("--fanout", action="store_true", help="the parent/child fan-out scenario (bench/fanout.py)")
     args = parser.parse_args(argv)
+    if args.fanout:  # issue 16: children at concurrency 4 vs 1; RSS at 10,000 parents vs 200
+        from fanout import run_fanout
+
+        _compile_bytecode()
+        repeat = args.repeat if args.quick else max(args.repeat, 3)
+        return run_fanout(Path(tempfile.mkdtemp(prefix="etl-bench-")), quick=args.quick, repeat=repeat)
     if args.typed:  # issue 17: six typed fields vs untyped, scenario 1's load
         from typed import run_typed
 
