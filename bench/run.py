@@ -16,6 +16,7 @@ Per scenario, with a fresh demo API process (python -m runner.dev.demo_api) on
     /work/venv/bin/python bench/run.py                 # all four scenarios
     /work/venv/bin/python bench/run.py --quick         # record counts / 10
     /work/venv/bin/python bench/run.py -s 1 -s 3 --per-page 50
+    /work/venv/bin/python bench/run.py sync [--records N]   # issue 19's http-target sync (bench/sync.py)
 
 Exits 0 whatever the figures (a MISS is a measurement, not a failure); 1 when
 something broke: a process failed, a run was not a success, rows are missing.
@@ -449,6 +450,12 @@ def _compile_bytecode() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["sync"]:  # the http-target sync scenario lives in its own module
+        sys.path.insert(0, str(BENCH))
+        import sync
+
+        return sync.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("-s", "--scenario", action="append", choices=sorted(SCENARIOS), help="repeatable; default: all")
     parser.add_argument(
