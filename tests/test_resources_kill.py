@@ -110,14 +110,28 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
 # --- the pipeline and its runs --------------------------------------------------------------
 
 
-def pipeline(tmp_path: Path) -> Path:
-    """pipelines/demo-notes.yaml with smaller pages: 10 items, 2 notes a page."""
+def pipeline(tmp_path: Path, state_dsn: str | None = None) -> Path:
+    """pipelines/demo-notes.yaml with smaller pages (25 items, 2 notes); the state in the
+    PostgreSQL database `state_dsn` if given."""
     text = (ROOT / "pipelines" / "demo-notes.yaml").read_text()
     smaller = text.replace("size: 100,", f"size: {ITEMS_PER_PAGE},").replace("size: 20,", f"size: {NOTES_PER_PAGE},")
     assert smaller.count(f"size: {ITEMS_PER_PAGE},") == 1 and smaller.count(f"size: {NOTES_PER_PAGE},") == 1
+    assert "\nstate:" not in smaller
     path = tmp_path / "demo-notes.yaml"
-    path.write_text(smaller)
+    path.write_text(smaller + (f"state: {{dsn: {json.dumps(state_dsn)}}}\n" if state_dsn else ""))
     return path
+
+
+@pytest.fixture
+def state_dsn(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (a SQLite state store), or for `postgres` a fresh PostgreSQL database's DSN."""
+    if getattr(request, "param", "sqlite") != "postgres":
+        yield None
+        return
+    import pgserver
+
+    with pgserver.fresh_database(request.getfixturevalue("pg_admin")) as dsn:
+        yield dsn
 
 
 def env(api: DemoApi) -> dict[str, str]:
@@ -179,25 +193,38 @@ def _is_writer(pid: int) -> bool:
 
 
 class Stored:
-    """The state store (`.etl/state.db`) and the target (`data/demo-notes.db`), read only."""
+    """The state store (`.etl/state.db`, or the PostgreSQL database `dsn`) and the target
+    (`data/demo-notes.db`), read only."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, dsn: str | None = None) -> None:
         self.state, self.target = folder / ".etl" / "state.db", folder / "data" / "demo-notes.db"
+        self.dsn = dsn
 
     def keys(self, resource: str) -> set[str]:
-        rows = self._read(self.state, "SELECT external_id FROM keys WHERE pipeline=?", (f"{NAME}/{resource}",))
+        rows = self._state("SELECT external_id FROM {s}keys WHERE pipeline=?", (f"{NAME}/{resource}",))
         return {row[0] for row in rows}
 
     def pending(self) -> dict[str, set[str]]:
         """The recorded child work: resource -> parent keys."""
         found: dict[str, set[str]] = {"notes": set(), "tags": set()}
-        for pipeline, key in self._read(self.state, "SELECT pipeline, parent_key FROM pending", ()):
+        for pipeline, key in self._state("SELECT pipeline, parent_key FROM {s}pending", ()):
             found[pipeline.removeprefix(f"{NAME}/")].add(key)
         return found
 
     def checkpoint_pages(self, resource: str) -> int:
-        rows = self._read(self.state, "SELECT checkpoint FROM pipelines WHERE pipeline=?", (f"{NAME}/{resource}",))
+        rows = self._state("SELECT checkpoint FROM {s}pipelines WHERE pipeline=?", (f"{NAME}/{resource}",))
         return int(json.loads(rows[0][0])["pages"]) if rows and rows[0][0] else 0
+
+    def _state(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
+        if self.dsn is None:
+            return self._read(self.state, sql.format(s=""), args)
+        import psycopg
+
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as db:
+                return db.execute(sql.format(s="etl_state.").replace("?", "%s"), args).fetchall()
+        except psycopg.errors.UndefinedTable:  # not made yet
+            return []
 
     def rows(self, table: str) -> list[str]:
         """The table's external_ids, one per row (a key twice would show twice)."""
@@ -264,20 +291,25 @@ def notes_requests(api: DemoApi, since: int) -> Counter[int]:
 
 
 @pytest.mark.parametrize(
-    ("stage", "victim"),
-    [("items", "run"), ("notes", "run"), ("notes", "writer")],
-    ids=["a-run-during-parent-pages", "b-run-during-fan-out", "c-writer-during-fan-out"],
+    ("stage", "victim", "state_dsn"),
+    [("items", "run", "sqlite"), ("notes", "run", "sqlite"), ("notes", "writer", "sqlite"),
+     ("notes", "run", "postgres"), ("notes", "writer", "postgres")],
+    ids=["a-run-during-parent-pages", "b-run-during-fan-out", "c-writer-during-fan-out",
+         "b-postgres-state", "c-postgres-state"],
+    indirect=["state_dsn"],
 )
 def test_killed_at_a_known_point_then_rerun_lands_every_child_once(
     tmp_path: Path, held_api: Callable[..., HeldApi], spawned: list[subprocess.Popen[bytes]], stage: str, victim: str,
+    state_dsn: str | None,
 ) -> None:
     """SIGKILL to the run (or to its writer process) while a parent page (or one parent's
-    notes) is held: the state has committed exactly what came before, and the pending table
-    names exactly the parents whose children are not committed; the re-run lands every item,
-    note and tag once, leaves no pending work, and its counts show each child read once."""
+    notes) is held: the state (SQLite, or PostgreSQL) has committed exactly what came before,
+    and the pending table names exactly the parents whose children are not committed; the
+    re-run lands every item, note and tag once, leaves no pending work, and its counts show
+    each child read once."""
     hold = ("/items/page", HELD_ITEMS_PAGE) if stage == "items" else (f"/items/{HELD_NOTES_OF}/notes", 1)
     api = held_api(hold=hold)
-    path, stored = pipeline(tmp_path), Stored(tmp_path)
+    path, stored = pipeline(tmp_path, state_dsn), Stored(tmp_path, state_dsn)
     proc = start(path, api, spawned, "killed.log")
     until(api.arrived.is_set, proc, f"the request for {hold}")
     if stage == "items":  # (a): pages 1-3 of the items committed, with their children's work
