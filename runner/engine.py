@@ -52,6 +52,7 @@ from runner.state.pending import DryRunPending
 from runner.config.templates import TemplateValueError
 from runner.transform.expressions import json_kind
 from runner.targets import Target, dry_run_target, open_target
+from runner.transform.mapping import Mapper
 from runner.transform.values import INT64
 
 __all__ = ["Counts", "RunResult", "StopFlag", "run"]
@@ -330,17 +331,22 @@ class _Run:
         assert self.applier is not None and self.part is not None
         applier = self.applier
         int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
+        # deletes.missing: the keys read are marked, with the parent each was read under
+        sweep = None if self.options.dry_run else self.sweep
         planner = Planner(
-            self.pipeline.mapping, cursor=None, int_range=int_range, deleted_at=deleted_at(self.record.started_at)
+            self.pipeline.mapping, cursor=None, int_range=int_range, deleted_at=deleted_at(self.record.started_at),
+            sweep=sweep,
         )
         planner.children = self.part.children
-        held = _ChildPlan()
+        keyer = Mapper(self.pipeline.mapping).key if sweep is not None else None
+        held = _ChildPlan(keyer)
 
         def submit() -> None:
             page = Page(0, PageRequest(""), held.records, None, special_numbers=held.special)
             plan = planner.plan(page)
             plan.checkpoint = None  # the recorded work is a child's checkpoint
             plan.done, plan.failed = held.done, [*plan.failed, *held.failed]
+            plan.parent_of, plan.swept = held.parent_of, held.swept
             applier.submit(plan)
 
         batches = children.batches()
@@ -350,11 +356,13 @@ class _Run:
                     held.add(batch)
                     if held.full():
                         submit()
-                        held = _ChildPlan()
+                        held = _ChildPlan(keyer)
                     if self.stop.is_set():
                         break
                 if held.records or held.done:
                     submit()
+                if not self.stop.is_set():
+                    self._delete_missing_children(applier)
             except BaseException:
                 self.halt.set()
                 raise
@@ -362,6 +370,26 @@ class _Run:
         applier.close()
         if self.stop.is_set():
             raise Interrupted(self.stop.reason)
+
+    def _delete_missing_children(self, applier: Applier) -> None:
+        """deletes.missing on a child resource works per parent: the keys last read under a
+        parent whose children this run read completely and not read now, and the keys of a
+        parent the parent resource deleted (`runner.load.deletes`: the guard, the plans)."""
+        if self.sweep is None or self.part is None or self.part.child is None:
+            return
+        if self.options.dry_run:
+            log.event(logger, "deletes.skipped", reason="a dry run of a child resource writes no marks to judge by")
+            return
+        if self.sweep.keyless:
+            log.event(logger, "deletes.skipped", reason=f"{self.sweep.keyless} records failed without a key")
+            return
+        applier.flush()  # the marks of every plan are committed
+        name = self.pipeline.name.rpartition("/")[0]
+        delete_missing(
+            self.store, self.pipeline.name, self.sweep, self.pipeline.target.deletes, self.pipeline.target,
+            submit=applier.submit, last_page=self.pages, deleted_at=deleted_at(self.record.started_at),
+            dry_run=False, stopped=self.stop.is_set, parent=f"{name}/{self.part.child.parent}",
+        )
 
     def _delete_missing(self) -> None:
         """deletes.missing: once every page is committed, a complete read deletes the keys it
@@ -550,20 +578,31 @@ CHILD_PLAN_PARENTS = 100  # parents whose children one plan completes
 
 
 class _ChildPlan:
-    """Child pages of several parents gathered into one plan."""
+    """Child pages of several parents gathered into one plan; with `keyer` (deletes.missing),
+    the parent each child key was read under, and the parents read completely."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyer: Callable[[Any], str | None] | None = None) -> None:
         self.records: list[Any] = []
         self.done: list[str] = []  # parents whose last page is here
         self.failed: list[FailedRecord] = []
         self.special = False
+        self.keyer = keyer
+        self.parent_of: dict[str, str] = {}
+        self.swept: list[str] = []
 
     def add(self, batch: ChildBatch) -> None:
         if batch.page is not None:
             self.records.extend(batch.page.records)
             self.special = self.special or batch.page.special_numbers
+            if self.keyer is not None:
+                for record in batch.page.records:
+                    key = self.keyer(record)
+                    if key is not None:
+                        self.parent_of[key] = batch.key
         if batch.last:
             self.done.append(batch.key)
+            if batch.error is None and self.keyer is not None:
+                self.swept.append(batch.key)
         if batch.error is not None:
             failure = f"parent {batch.key}: {batch.error}"
             self.failed.append(FailedRecord(f"parent:{batch.key}", batch.parent, log.redact(failure)))

@@ -14,6 +14,17 @@ from runner.dev.demo_api import DemoApi
 StartDemoApi = Callable[..., DemoApi]
 
 
+@pytest.fixture(scope="session")
+def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One PostgreSQL server for the whole session (tests/pgserver.py): each test file that
+    needs one takes a fresh database from it. Skipped without psycopg (failed in CI)."""
+    pytest.importorskip("psycopg")
+    import pgserver
+
+    with pgserver.server(tmp_path_factory.mktemp("pg") / "server") as dsn:
+        yield dsn
+
+
 @pytest.fixture
 def demo_api() -> Iterator[StartDemoApi]:
     """A factory: `demo_api(records=1000, **options)` starts a DemoApi on a free port; all stop after the test."""

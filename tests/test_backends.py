@@ -129,12 +129,6 @@ def pg_query(dsn: str, text: str) -> list[tuple[Any, ...]]:
         return db.execute(text).fetchall()
 
 
-@pytest.fixture(scope="session")
-def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pgserver.server(tmp_path_factory.mktemp("pg") / "server") as dsn:
-        yield dsn
-
-
 @pytest.fixture(params=COMBINATIONS, ids=lambda c: f"{c[0]}-target-{c[1]}-state")
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each combination; one that uses PostgreSQL gets a fresh database of its own."""

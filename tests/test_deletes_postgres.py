@@ -17,12 +17,6 @@ from test_deletes import Catalog, catalog_pipeline, item  # noqa: E402
 from runner import EtlError, run  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pgserver.server(tmp_path_factory.mktemp("pg") / "server") as dsn:
-        yield dsn
-
-
 @pytest.fixture
 def dsn(pg_admin: str) -> Iterator[str]:
     with pgserver.fresh_database(pg_admin) as url:

@@ -33,12 +33,6 @@ import pgserver  # noqa: E402  (tests/ is on sys.path, pytest's rootdir-less imp
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with pgserver.server(tmp_path_factory.mktemp("pg") / "server") as dsn:
-        yield dsn
-
-
 @pytest.fixture
 def dsn(pg_admin: str) -> Iterator[str]:
     with pgserver.fresh_database(pg_admin) as url:
@@ -74,7 +68,7 @@ def test_new_database_is_migrated_to_the_latest_version(store: PostgresStateStor
     """Opening an empty database creates the etl_state tables and records the schema version."""
     assert query(dsn, "SELECT max(version) FROM etl_state.migrations") == [(len(MIGRATIONS),)]
     tables = {r[0] for r in query(dsn, "SELECT tablename FROM pg_tables WHERE schemaname='etl_state'")}
-    assert tables == {"migrations", "pipelines", "keys", "failed", "runs", "locks", "pending"}
+    assert tables == {"migrations", "pipelines", "keys", "failed", "runs", "locks", "pending", "child_sweeps"}
     PostgresStateStore(dsn).close()  # opening again migrates nothing
     assert query(dsn, "SELECT count(*) FROM etl_state.migrations") == [(len(MIGRATIONS),)]
 

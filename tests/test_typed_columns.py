@@ -282,15 +282,6 @@ PG_TYPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def pg_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    pytest.importorskip("psycopg")
-    import pgserver
-
-    with pgserver.server(tmp_path_factory.mktemp("pg") / "server") as dsn:
-        yield dsn
-
-
 @pytest.fixture
 def dsn(pg_admin: str) -> Iterator[str]:
     import pgserver

@@ -249,6 +249,8 @@ class ReplayStore:
         # again replaces its entry, as in the real stores
         self._failed: dict[tuple[str, str], FailedRecord] = {}
         self._seen: dict[str, dict[str, str]] = {}  # key -> the sweep that saw it (deletes.missing)
+        self._parent_of: dict[str, dict[str, str]] = {}  # a child's key -> the parent it was read under
+        self._swept: dict[str, dict[str, str]] = {}  # a child's parent key -> the sweep that read it whole
         self._pending: list[tuple[int, str, str, str]] = []  # (sequence, child state key, parent key, record)
 
     @contextmanager
@@ -289,13 +291,33 @@ class ReplayStore:
         for key in getattr(commit, "seen", ()) if isinstance(sweep, str) else ():
             seen[key] = str(sweep)
         done = set(getattr(commit, "done", ()))
-        self._pending = [p for p in self._pending if p[2] not in done]
+        self._pending = [p for p in self._pending if not (p[1] == pipeline and p[2] in done)]
+        self._parent_of.setdefault(pipeline, {}).update(commit.parent_of)
+        if isinstance(sweep, str):
+            self._swept.setdefault(pipeline, {}).update(dict.fromkeys(commit.swept, sweep))
         for child, parent, record in getattr(commit, "pending", ()):
             self._pending.append((len(self._pending) + 1, child, parent, record))
 
     def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
         known, seen = self._keys.get(pipeline, {}), self._seen.get(pipeline, {})
         return len(known), sum(1 for key in known if seen.get(key) != sweep)
+
+    def count_orphans(self, pipeline: str, parent: str, sweep: str) -> tuple[int, int]:
+        known = self._keys.get(pipeline, {})
+        return len(known), len(self._orphans(pipeline, parent, sweep))
+
+    def orphan_keys(self, pipeline: str, parent: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        return sorted(k for k in self._orphans(pipeline, parent, sweep) if k > after)[:limit]
+
+    def _orphans(self, pipeline: str, parent: str, sweep: str) -> list[str]:
+        seen, parent_of = self._seen.get(pipeline, {}), self._parent_of.get(pipeline, {})
+        swept = {k for k, s in self._swept.get(pipeline, {}).items() if s == sweep}
+        parents = self._keys.get(parent, {})
+        return [
+            key for key in self._keys.get(pipeline, {})
+            if (parent_of.get(key) in swept and seen.get(key) != sweep)
+            or (key in parent_of and parent_of[key] not in parents)
+        ]
 
     def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
         known, seen = self._keys.get(pipeline, {}), self._seen.get(pipeline, {})

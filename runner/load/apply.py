@@ -49,6 +49,9 @@ class PagePlan:
     children: tuple[tuple[str, bool], ...] = ()  # (child's state key, changed_only)
     parents: dict[str, str] = field(default_factory=dict)  # external_id -> its source record as JSON
     done: list[str] = field(default_factory=list)  # a child's page: parent keys whose children it completes
+    # a child with deletes.missing: the parent each key was read under; the parents read completely
+    parent_of: dict[str, str] = field(default_factory=dict)
+    swept: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -162,6 +165,8 @@ def _page_commit(plans: Sequence[PagePlan], decision: Decision, result: WriteRes
     return PageCommit(
         rows, failed, succeeded, plans[-1].checkpoint, deleted=deleted, seen=seen, sweep=plans[-1].sweep,
         pending=_pending(plans, decision, result), done=done,
+        parent_of=[item for plan in plans for item in plan.parent_of.items()],
+        swept=[key for plan in plans for key in plan.swept],
     )
 
 

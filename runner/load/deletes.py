@@ -91,12 +91,19 @@ def incomplete(
 def delete_missing(
     store: StateStore, pipeline: str, sweep: Sweep, deletes: Deletes, target: TargetConfig, *,
     submit: Callable[[PagePlan], None], last_page: int, deleted_at: str, dry_run: bool,
-    stopped: Callable[[], bool] = lambda: False,
+    stopped: Callable[[], bool] = lambda: False, parent: str | None = None,
 ) -> int:
     """Hand the keys this complete run did not read to `submit`, in plans; return how many.
     DeletesRefused (nothing deleted) when they are more than `max_fraction` of the store's keys.
-    When `stopped()` (a signal), no further plan is handed over: the next run deletes the rest."""
-    total, missing = _counts(store, pipeline, sweep, dry_run)
+    When `stopped()` (a signal), no further plan is handed over: the next run deletes the rest.
+    With `parent` (a child resource: its parent's state key), the missing keys are judged per
+    parent: `StateStore.count_orphans`."""
+    if parent is not None:
+        total, missing = store.count_orphans(pipeline, parent, sweep.run_id)
+        keys: Iterator[str] = _orphans(store, pipeline, parent, sweep)
+    else:
+        total, missing = _counts(store, pipeline, sweep, dry_run)
+        keys = _missing(store, pipeline, sweep, dry_run)
     if missing == 0:
         return 0
     if missing > deletes.max_fraction * total:
@@ -104,7 +111,7 @@ def delete_missing(
     log.event(logger, "deletes.missing", keys=missing, held=total, mode=deletes.mode)
     size = HTTP_CHUNK if isinstance(target, HttpTargetConfig) else DATABASE_CHUNK
     chunk: list[str] = []
-    for key in _missing(store, pipeline, sweep, dry_run):
+    for key in keys:
         chunk.append(key)
         if len(chunk) == size:
             if stopped():
@@ -130,6 +137,14 @@ def _missing(store: StateStore, pipeline: str, sweep: Sweep, dry_run: bool) -> I
     while batch := store.unseen_keys(pipeline, sweep.run_id, after=after, limit=LOOKUP):
         after = batch[-1]
         yield from (key for key in batch if key not in sweep.seen) if dry_run else batch
+
+
+def _orphans(store: StateStore, pipeline: str, parent: str, sweep: Sweep) -> Iterator[str]:
+    """A child resource's missing keys (`StateStore.orphan_keys`), a few at a time."""
+    after = ""
+    while batch := store.orphan_keys(pipeline, parent, sweep.run_id, after=after, limit=LOOKUP):
+        after = batch[-1]
+        yield from batch
 
 
 def _plan(keys: list[str], last_page: int, deleted_at: str) -> PagePlan:

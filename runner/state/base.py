@@ -70,6 +70,10 @@ class PageCommit:
     # the parent's source record as JSON), recorded with the page (resources, parent/child)
     pending: Sequence[tuple[str, str, str]] = ()
     done: Sequence[str] = ()  # parent keys whose children this page completes: their work goes
+    # deletes.missing on a child resource: the parent each child key was read under, and the
+    # parents whose children were read completely (marked with `sweep`)
+    parent_of: Sequence[tuple[str, str]] = ()
+    swept: Sequence[str] = ()
     deleted: Sequence[str] = ()  # keys deleted in the target: their rows (hash, target id) go
     seen: Sequence[str] = ()  # keys the run read (deletes.missing): marked with `sweep`
     sweep: str | None = None
@@ -112,6 +116,16 @@ class StateStore(Protocol):
 
     def count_keys(self, pipeline: str, sweep: str) -> tuple[int, int]:
         """(keys held, keys of them not marked seen by `sweep`)."""
+        ...
+
+    def count_orphans(self, pipeline: str, parent: str, sweep: str) -> tuple[int, int]:
+        """A child resource's (keys held, keys deletes.missing removes): those last read under
+        a parent whose children run `sweep` read completely and did not read now, and those
+        whose parent the state of `parent` (the parent resource's key) no longer holds."""
+        ...
+
+    def orphan_keys(self, pipeline: str, parent: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        """The keys `count_orphans` counts as missing, in key order, past `after`."""
         ...
 
     def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:

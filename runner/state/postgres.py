@@ -79,6 +79,13 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: deletes.missing: the run that last read the key (written only by pipelines that use it)
     "ALTER TABLE etl_state.keys ADD COLUMN IF NOT EXISTS seen_run text",
+    # 4: deletes.missing on a child resource: the parent a child key was last read under, and
+    # the parents whose children a run read completely
+    """
+    ALTER TABLE etl_state.keys ADD COLUMN IF NOT EXISTS parent_key text;
+    CREATE TABLE etl_state.child_sweeps (
+        pipeline text NOT NULL, parent_key text NOT NULL, run_id text NOT NULL, PRIMARY KEY (pipeline, parent_key))
+    """,
 )
 
 
@@ -292,6 +299,20 @@ class PostgresStateStore(LockingStore):
                     f"UPDATE {SCHEMA}.keys SET seen_run=%s WHERE pipeline=%s AND external_id = ANY(%s::text[])",
                     (commit.sweep, pipeline, list(commit.seen)),
                 )
+            if commit.parent_of:
+                parent_of = dict(commit.parent_of)  # one row per key
+                db.execute(
+                    f"UPDATE {SCHEMA}.keys AS k SET parent_key=u.parent FROM unnest(%s::text[], %s::text[]) "
+                    "AS u(key, parent) WHERE k.pipeline=%s AND k.external_id=u.key",
+                    (list(parent_of), list(parent_of.values()), pipeline),
+                )
+            if commit.swept and commit.sweep is not None:
+                db.execute(
+                    f"INSERT INTO {SCHEMA}.child_sweeps (pipeline, parent_key, run_id) "
+                    "SELECT %s, u.parent, %s FROM unnest(%s::text[]) AS u(parent) "
+                    "ON CONFLICT (pipeline, parent_key) DO UPDATE SET run_id=excluded.run_id",
+                    (pipeline, commit.sweep, list(dict.fromkeys(commit.swept))),
+                )
             if commit.succeeded:
                 db.execute(
                     f"DELETE FROM {SCHEMA}.failed WHERE pipeline=%s AND fkey = ANY(%s::text[])",
@@ -331,6 +352,27 @@ class PostgresStateStore(LockingStore):
                 "WHERE pipeline=%s", (sweep, pipeline),
             ).fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def count_orphans(self, pipeline: str, parent: str, sweep: str) -> tuple[int, int]:
+        if self._empty:
+            return 0, 0
+        with self._errors():
+            row = self._db.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE {_ORPHAN}) FROM {SCHEMA}.keys k WHERE k.pipeline=%(child)s",
+                {"child": pipeline, "parent": parent, "sweep": sweep},
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def orphan_keys(self, pipeline: str, parent: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        if self._empty:
+            return []
+        with self._errors():
+            rows = self._db.execute(
+                f"SELECT external_id FROM {SCHEMA}.keys k WHERE k.pipeline=%(child)s AND k.external_id > %(after)s "
+                f"AND {_ORPHAN} ORDER BY k.external_id LIMIT %(limit)s",
+                {"child": pipeline, "parent": parent, "sweep": sweep, "after": after, "limit": limit},
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
         if self._empty:
@@ -411,6 +453,7 @@ class PostgresStateStore(LockingStore):
 
     def _reset(self, db: psycopg.Connection[Any], pipeline: str) -> None:
         db.execute(f"DELETE FROM {SCHEMA}.pending WHERE pipeline=%s", (pipeline,))
+        db.execute(f"DELETE FROM {SCHEMA}.child_sweeps WHERE pipeline=%s", (pipeline,))
         db.execute(f"UPDATE {SCHEMA}.pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=%s", (pipeline,))
         db.execute(f"DELETE FROM {SCHEMA}.keys WHERE pipeline=%s AND target_id IS NULL", (pipeline,))
         db.execute(f"UPDATE {SCHEMA}.keys SET hash=NULL WHERE pipeline=%s", (pipeline,))
@@ -513,6 +556,15 @@ class _NoTables:
 
 # every table that holds rows of a pipeline (`knows`)
 _TABLES = ("pipelines", "runs", "keys", "failed", "locks", "pending")
+
+
+# a child key deletes.missing removes: last read under a parent whose children this run read
+# completely, and not read now; or under a parent the state no longer holds (deleted)
+_ORPHAN = (
+    f"((k.parent_key IN (SELECT s.parent_key FROM {SCHEMA}.child_sweeps s WHERE s.pipeline=%(child)s "
+    "AND s.run_id=%(sweep)s) AND k.seen_run IS DISTINCT FROM %(sweep)s) OR (k.parent_key IS NOT NULL AND NOT EXISTS "
+    f"(SELECT 1 FROM {SCHEMA}.keys p WHERE p.pipeline=%(parent)s AND p.external_id=k.parent_key)))"
+)
 
 
 def _merge_hashes(rows: Sequence[tuple[str, str | None, str | None]]) -> dict[str, tuple[str | None, str | None]]:

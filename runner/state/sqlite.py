@@ -72,6 +72,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: deletes.missing: the run that last read the key (written only by pipelines that use it)
     "ALTER TABLE keys ADD COLUMN seen_run TEXT",
+    # 4: deletes.missing on a child resource: the parent a child key was last read under, and
+    # the parents whose children a run read completely
+    """
+    ALTER TABLE keys ADD COLUMN parent_key TEXT;
+    CREATE TABLE child_sweeps (
+        pipeline TEXT NOT NULL, parent_key TEXT NOT NULL, run_id TEXT NOT NULL,
+        PRIMARY KEY (pipeline, parent_key)) WITHOUT ROWID;
+    """,
 )
 
 _CHUNK = 500  # keys per IN (...) lookup, well under SQLite's variable limit
@@ -267,6 +275,16 @@ class SqliteStateStore(LockingStore):
                     "UPDATE keys SET seen_run=? WHERE pipeline=? AND external_id=?",
                     [(commit.sweep, pipeline, key) for key in commit.seen],
                 )
+            if commit.parent_of:
+                db.executemany(
+                    "UPDATE keys SET parent_key=? WHERE pipeline=? AND external_id=?",
+                    [(parent, pipeline, key) for key, parent in commit.parent_of],
+                )
+            if commit.swept and commit.sweep is not None:
+                db.executemany(
+                    "INSERT OR REPLACE INTO child_sweeps (pipeline, parent_key, run_id) VALUES (?, ?, ?)",
+                    [(pipeline, parent, commit.sweep) for parent in commit.swept],
+                )
             if commit.succeeded and _has_failures(db, pipeline):
                 db.executemany(
                     "DELETE FROM failed WHERE pipeline=? AND fkey=?",
@@ -313,6 +331,23 @@ class SqliteStateStore(LockingStore):
                 (sweep, pipeline),
             ).fetchone()
         return int(total), int(unseen)
+
+    def count_orphans(self, pipeline: str, parent: str, sweep: str) -> tuple[int, int]:
+        with self._errors():
+            total, missing = self._db.execute(
+                f"SELECT COUNT(*), COUNT(CASE WHEN {_ORPHAN} THEN 1 END) FROM keys k WHERE k.pipeline=:child",
+                {"child": pipeline, "parent": parent, "sweep": sweep},
+            ).fetchone()
+        return int(total), int(missing)
+
+    def orphan_keys(self, pipeline: str, parent: str, sweep: str, *, after: str, limit: int) -> list[str]:
+        with self._errors():
+            rows = self._db.execute(
+                f"SELECT external_id FROM keys k WHERE k.pipeline=:child AND k.external_id>:after AND {_ORPHAN} "
+                "ORDER BY k.external_id LIMIT :limit",
+                {"child": pipeline, "parent": parent, "sweep": sweep, "after": after, "limit": limit},
+            ).fetchall()
+        return [row[0] for row in rows]
 
     def unseen_keys(self, pipeline: str, sweep: str, *, after: str, limit: int) -> list[str]:
         with self._errors():
@@ -367,6 +402,7 @@ class SqliteStateStore(LockingStore):
 
     def _reset(self, db: sqlite3.Connection, pipeline: str) -> None:
         db.execute("DELETE FROM pending WHERE pipeline=?", (pipeline,))
+        db.execute("DELETE FROM child_sweeps WHERE pipeline=?", (pipeline,))
         db.execute("UPDATE pipelines SET watermark=NULL, checkpoint=NULL WHERE pipeline=?", (pipeline,))
         db.execute("UPDATE keys SET hash=NULL WHERE pipeline=?", (pipeline,))
         db.execute("DELETE FROM keys WHERE pipeline=? AND target_id IS NULL", (pipeline,))
@@ -445,6 +481,15 @@ class _Queries:
 
 # every table that holds rows of a pipeline (`knows`)
 _TABLES = ("pipelines", "runs", "keys", "failed", "locks", "pending")
+
+
+# a child key deletes.missing removes: last read under a parent whose children this run read
+# completely, and not read now; or under a parent the state no longer holds (deleted)
+_ORPHAN = (
+    "((k.parent_key IN (SELECT s.parent_key FROM child_sweeps s WHERE s.pipeline=:child AND s.run_id=:sweep) "
+    "AND k.seen_run IS NOT :sweep) OR (k.parent_key IS NOT NULL AND NOT EXISTS "
+    "(SELECT 1 FROM keys p WHERE p.pipeline=:parent AND p.external_id=k.parent_key)))"
+)
 
 
 def _json_object(text: str | None) -> bool:
