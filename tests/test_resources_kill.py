@@ -315,14 +315,9 @@ def test_killed_at_a_known_point_then_rerun_lands_every_child_once(
     if stage == "items":  # (a): pages 1-3 of the items committed, with their children's work
         committed = {str(i) for i in range(1, (HELD_ITEMS_PAGE - 1) * ITEMS_PER_PAGE + 1)}
         until(lambda: stored.checkpoint_pages("items") == HELD_ITEMS_PAGE - 1, proc, "the pages before committed")
-        waiting = {"notes": committed, "tags": committed}
-    else:  # (b), (c): every item committed; the notes of a first run of items committed, the rest pending
+    else:  # (b), (c): every item committed; the notes of the items before the held one, plan by plan
         committed = api.item_keys()
         until(lambda: bool(stored.keys("notes")), proc, "a first plan of notes committed")
-        done = ITEMS - len(stored.pending()["notes"])  # the items whose notes are committed: 1..done
-        assert 0 < done < HELD_NOTES_OF
-        assert stored.keys("notes") == api.note_keys(range(1, done + 1))
-        waiting = {"notes": {str(i) for i in range(done + 1, ITEMS + 1)}, "tags": committed}
 
     if victim == "run":
         proc.send_signal(signal.SIGKILL)
@@ -336,6 +331,13 @@ def test_killed_at_a_known_point_then_rerun_lands_every_child_once(
         assert "error" in (tmp_path / "killed.log").read_text()
 
     assert stored.keys("items") == committed
+    if stage == "items":  # every committed item's children are pending
+        waiting = {"notes": committed, "tags": committed}
+    else:  # the notes of items 1..done are committed (whole plans); the others' work is pending
+        done = ITEMS - len(stored.pending()["notes"])
+        assert 0 < done < HELD_NOTES_OF
+        assert stored.keys("notes") == api.note_keys(range(1, done + 1))
+        waiting = {"notes": {str(i) for i in range(done + 1, ITEMS + 1)}, "tags": committed}
     assert stored.pending() == waiting  # the work is durable: recorded, not lost
     assert_nothing_lost(stored, api)
     before = {"notes": stored.keys("notes"), "tags": stored.keys("tags")}
