@@ -423,10 +423,11 @@ def test_state_reset_keeps_target_ids_so_the_next_run_patches(tmp_path: Path, de
     assert len(crm.objects) == 250
 
 
-def test_ids_created_before_a_page_fails_are_kept_so_the_next_run_never_recreates(
+def test_writes_answered_before_a_page_fails_are_kept_so_the_next_run_never_resends_them(
     tmp_path: Path, demo: DemoApi, crm: FakeCrm
 ) -> None:
-    """When a page fails part-way, the ids of its creates are kept and the next run PATCHes them."""
+    """When a page fails part-way, the creates answered before are kept (hash and id): the next
+    run neither re-creates nor re-sends them, and sends only the rest."""
     path = sync_pipeline(tmp_path, demo.base_url, crm.base_url)
     path.write_text(path.read_text().replace("  create: {", "  idempotency_key: false\n  create: {"))
     crm_posts_before_failure = 40
@@ -443,8 +444,9 @@ def test_ids_created_before_a_page_fails_are_kept_so_the_next_run_never_recreate
     made = len(crm.objects)  # 40, and up to 3 more whose POSTs were in flight beside the 40th (concurrency 4)
     assert 40 <= made < 44
     crm._handle = original  # type: ignore[method-assign]
+    before = len(crm.writes())
     result = engine.run(path, sleep=lambda s: None)
     assert len(crm.objects) == 250
-    patched = [e for e in crm.request_log if e.method == "PATCH"]
-    assert len(patched) == made
-    assert result.counts.updated == made and result.counts.created == 250 - made
+    assert [e for e in crm.request_log if e.method == "PATCH"] == []
+    assert len(crm.writes()) - before == 250 - made
+    assert (result.counts.created, result.counts.updated, result.counts.skipped) == (250 - made, 0, made)

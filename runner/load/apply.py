@@ -27,7 +27,8 @@ from runner.errors import EtlError
 from runner.load.contenthash import RecordHasher
 from runner.result import Counts
 from runner.state.base import FailedRecord, KeyState, PageCommit, StateStore
-from runner.targets.base import Target, Write, WriteResult
+from runner.load.journal import Journal
+from runner.targets.base import AnswersAsItGoes, Target, Write, WriteResult
 
 
 @dataclass(slots=True)
@@ -134,7 +135,8 @@ def apply_plans(
         keys.update(dict.fromkeys(plan.deleted))
     known = store.key_states(pipeline, list(keys))
     decision = decide(plans, known, hashed)
-    result = _write(pipeline, store, target, decision.writes, committed) if decision.writes else WriteResult()
+    journal = None if any(plan.children for plan in plans) else Journal(pipeline, store, decision.hashes, committed)
+    result = _write(pipeline, store, target, decision.writes, committed, journal) if decision.writes else WriteResult()
     store.commit_page(pipeline, _page_commit(plans, decision, result))
     return _page_result(plans, decision, result)
 
@@ -229,15 +231,22 @@ def _page_result(plans: Sequence[PagePlan], decision: Decision, result: WriteRes
 
 
 def _write(
-    pipeline: str, store: StateStore, target: Target, writes: list[Write], committed: str | None
+    pipeline: str, store: StateStore, target: Target, writes: list[Write], committed: str | None,
+    journal: Journal | None = None,
 ) -> WriteResult:
-    """Write one page; when it fails part-way, keep the target ids of what was created."""
+    """Write one page; when it fails part-way, keep the target ids of what was created. A
+    target that answers as it goes has its answers kept meanwhile (`runner.load.journal`)."""
     try:
+        if journal is not None and isinstance(target, AnswersAsItGoes):
+            return target.write_journaled(writes, journal)
         return target.write(writes)
     except EtlError as exc:
+        if journal is not None:
+            journal.flush()  # what was answered is on the target: the next run need not send it
         partial = exc.partial
-        if partial is not None and partial.target_ids:
+        kept = journal.kept if journal is not None else set()
+        if partial is not None and partial.target_ids.keys() - kept:
             # no hash: these records are sent again next run, as updates of these ids
-            ids = [(key, None, target_id) for key, target_id in partial.target_ids.items()]
+            ids = [(key, None, target_id) for key, target_id in partial.target_ids.items() if key not in kept]
             store.commit_page(pipeline, PageCommit(ids, [], [], committed))
         raise

@@ -6,7 +6,7 @@ import json
 import json.encoder
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,19 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# told, on the caller's thread, each request's keys and outcomes as its answer arrives
+OnAnswered = Callable[[Sequence[str], WriteResult], None]
+
+
+@runtime_checkable
+class AnswersAsItGoes(Protocol):
+    """A target whose writes are answered request by request (the http target): besides
+    `write`, it can tell each answer before the page ends, so that the state store keeps
+    what was written even when the run dies before the page is done."""
+
+    def write_journaled(self, writes: Sequence[Write], on_answered: OnAnswered) -> WriteResult: ...
 
 
 def split_deletes(writes: Sequence[Write]) -> tuple[Sequence[Write], list[Write]]:

@@ -59,7 +59,7 @@ from runner.http.client import HttpClient
 from runner.errors import FetchError, TargetError
 from runner.http.transport import LazyTlsTransport
 from runner.model import HttpOperation, HttpTargetConfig
-from runner.targets.base import Write, WriteResult
+from runner.targets.base import OnAnswered, Write, WriteResult
 from runner.targets.http_batch import batch_body, batch_key, batch_outcome, every_failed
 from runner.targets.throttle import Throttle, ThrottledTransport
 from runner.targets.writepool import Unit, WritePool
@@ -127,6 +127,10 @@ class HttpTarget:
         answer. A record-level 4xx is kept in `errors`; anything else raises, with the ids of
         what was created meanwhile on the error's `partial`."""
         return self._pool.run(self._units(writes))
+
+    def write_journaled(self, writes: Sequence[Write], on_answered: OnAnswered) -> WriteResult:
+        """`write`, telling each request's keys and outcome as its answer arrives."""
+        return self._pool.run(self._units(writes), on_answered)
 
     def close(self) -> None:
         self._pool.close()

@@ -16,18 +16,19 @@ Failure: a unit that raises (a 401, a 5xx after retries) fails the page.
 Units not yet started are not sent; those in flight are waited for, and
 what they achieved (new target ids) goes on the error as `partial`, so the
 engine keeps the ids of objects that exist now. Workers start on the first
-page and live until `close`.
+page and live until `close`. `on_answered` hears of each unit as its answer
+arrives, on the caller's thread (the state store's connection lives there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 import threading
 
 from runner.errors import EtlError
-from runner.targets.base import WriteResult
+from runner.targets.base import OnAnswered, WriteResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,22 +49,29 @@ class WritePool:
         self._name = name
         self._executor: ThreadPoolExecutor | None = None
 
-    def run(self, units: Sequence[Unit]) -> WriteResult:
-        """Send every unit; merge their results; raise the first failure with `partial` set."""
+    def run(self, units: Sequence[Unit], on_answered: OnAnswered | None = None) -> WriteResult:
+        """Send every unit; merge their results; raise the first failure with `partial` set.
+
+        `on_answered` is told each unit's keys and outcome as it arrives, on this thread."""
         result = WriteResult()
         failure: BaseException | None = None
         stop = threading.Event()
         for wave in waves(units):
-            futures = [self._submit(unit, stop) for unit in wave]
-            for future in futures:  # every one is waited for, also after a failure
-                try:
-                    part = future.result()
-                except BaseException as exc:  # noqa: BLE001 - raised below, after the others answered
-                    stop.set()
-                    failure = failure or exc
-                    continue
-                if part is not None:
-                    merge(result, part)
+            pending = {self._submit(unit, stop): unit for unit in wave}
+            while pending:  # every one is waited for, also after a failure
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    unit = pending.pop(future)
+                    try:
+                        part = future.result()
+                        if part is not None and on_answered is not None:
+                            on_answered(unit.keys, part)
+                    except BaseException as exc:  # noqa: BLE001 - raised below, after the others answered
+                        stop.set()
+                        failure = failure or exc
+                        continue
+                    if part is not None:
+                        merge(result, part)
             if failure is not None:
                 break
         if failure is not None:
