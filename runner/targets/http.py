@@ -80,7 +80,8 @@ class RecordRejected(Exception):
 
 
 class HttpTarget:
-    """Writes each record of a page as one request; returns new ids and per-record errors."""
+    """Writes a page as requests (one per write, or per batch), `concurrency` at a time;
+    returns new ids and per-record errors."""
 
     def __init__(
         self,
@@ -141,19 +142,18 @@ class HttpTarget:
         goes out when full, or before a write of a key it holds), every other write is its own."""
         batch = self._config.batch
         units: list[Unit] = []
-        chunk: list[Write] = []
+        chunk: dict[str, Write] = {}  # the open batch, by key
 
         def flush() -> None:
             if chunk:
-                keys = tuple(w.external_id for w in chunk)
-                units.append(Unit(keys, partial(self._send_batch, tuple(chunk))))
+                units.append(Unit(tuple(chunk), partial(self._send_batch, tuple(chunk.values()))))
                 chunk.clear()
 
         for write in writes:
-            if any(w.external_id == write.external_id for w in chunk):
+            if write.external_id in chunk:
                 flush()  # a key's second write goes after the batch that holds its first
             if batch is not None and write.op in BATCHED:
-                chunk.append(write)
+                chunk[write.external_id] = write
                 if len(chunk) >= batch.size:
                     flush()
             else:
