@@ -468,6 +468,23 @@ def test_a_429_storm_longer_than_max_elapsed_fails_the_page() -> None:
     assert 0.45 <= took < 3.0
 
 
+def test_a_retry_after_past_max_elapsed_fails_the_page_at_once() -> None:
+    """Retry-After: 3600 with max_elapsed 300: no wait of an hour, no re-send; the page fails now."""
+    with respx.mock(base_url="http://crm.test") as router:
+        route = router.put(url__regex=r"/contacts/by-key/.*").mock(
+            return_value=httpx.Response(429, headers={"Retry-After": "3600"})
+        )
+        client = target("http://crm.test", concurrency=1, real_sleep=True)
+        started = time.monotonic()
+        try:
+            with pytest.raises(FetchError) as caught:
+                client.write(writes(1))
+        finally:
+            client.close()
+    assert caught.value.status == 429 and route.call_count == 1 and time.monotonic() - started < 5
+    assert "Retry-After asks to wait 3600 s" in str(caught.value)
+
+
 def test_the_throttle_holds_every_request_for_retry_after_then_backs_off() -> None:
     """A 429 with Retry-After 2 holds the next request 2 s (fake time); 429s without one back off
     0.5, 1, 2 s; another answer ends the streak."""
@@ -489,6 +506,9 @@ def test_the_throttle_holds_every_request_for_retry_after_then_backs_off() -> No
     assert statuses == [429, 200, 429, 429, 429, 200, 200]
     assert slept == [2.0, 0.5, 1.0, 2.0] and throttle.throttled == 4
     assert throttle.may_resend(now[0] - 299) and not throttle.may_resend(now[0] - 300)
+    http_429 = httpx.Response(429, headers={"Retry-After": "200"})
+    throttle.hold(httpx.Request("PUT", "https://crm.test/x"), http_429)
+    assert not throttle.may_resend(now[0] - 101) and throttle.may_resend(now[0] - 99)  # the hold ends at +200 s
 
 
 # --- validation ------------------------------------------------------------------------

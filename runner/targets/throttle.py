@@ -9,9 +9,10 @@ of every worker waits for the hold to end before it goes out. Any other
 answer ends the run of 429s.
 
 A write whose client gave up on 429s is sent again by the target
-(`HttpTarget`), as long as `may_resend` says so: the write was first sent
-less than `retry.max_elapsed` ago. A storm longer than that fails the page,
-as any other failed request does; never a loop without an end.
+(`HttpTarget`), as long as `may_resend` says so: the hold ends less than
+`retry.max_elapsed` after the write was first sent. A storm longer than
+that (or a Retry-After past it) fails the page, as any other failed request
+does; never a loop without an end.
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ class Throttle:
             self._streak = 0
 
     def may_resend(self, first_sent: float) -> bool:
-        """Whether a write the client gave up on (429s) is sent again: it was first sent
-        (a `now()` time) less than `retry.max_elapsed` ago."""
-        return self._clock() - first_sent < self._max_elapsed
+        """Whether a write the client gave up on (429s) is sent again: the hold ends less than
+        `retry.max_elapsed` after it was first sent (a `now()` time). A Retry-After past that
+        fails it now rather than after the wait."""
+        with self._lock:
+            resume = max(self._clock(), self._until)
+        return resume - first_sent < self._max_elapsed
 
 
 class ThrottledTransport(httpx.BaseTransport):
