@@ -429,3 +429,36 @@ def test_a_childs_requests_in_flight_are_at_most_its_concurrency(
         api.stop()
     assert result.resources["notes"].counts.created == 12 * 8  # 4 pages of 2 notes per parent
     assert api.most <= 2, f"{api.most} notes requests in flight at once"
+
+
+def test_a_changed_only_child_killed_in_its_fan_out_is_finished_by_the_next_run_alone(
+    tmp_path: Path, held_api: Callable[..., HeldApi], spawned: list[subprocess.Popen[bytes]],
+) -> None:
+    """With `changed_only: true` nothing but the recorded work asks for notes again: the run
+    is SIGKILLed in the notes' fan-out; the next run finds every item unchanged, and asks for
+    the notes of exactly the parents whose work was pending, once each, and for no other;
+    every note is then in the target once."""
+    api = held_api(hold=(f"/items/{HELD_NOTES_OF}/notes", 1))
+    path, stored = pipeline(tmp_path), Stored(tmp_path)
+    text = path.read_text()
+    assert text.count("    parent: items ") == 1  # the notes' line, with its comment
+    path.write_text(text.replace("    parent: items ", "    parent: {resource: items, changed_only: true} "))
+    proc = start(path, api, spawned, "killed.log")
+    until(api.arrived.is_set, proc, "the held notes request")
+    until(lambda: bool(stored.keys("notes")), proc, "a first plan of notes committed")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    left = stored.pending()["notes"]
+    assert left and str(HELD_NOTES_OF) in left
+    assert_nothing_lost(stored, api)
+    before = stored.keys("notes")
+
+    api.release.set()
+    assert api.served.wait(10)
+    since = len(api.request_log)
+    summaries = rerun(path, api)
+    assert summaries["items"]["skipped"] == ITEMS  # unchanged: no new work for the notes
+    assert notes_requests(api, since) == Counter(int(key) for key in left)
+    notes = summaries["notes"]
+    assert notes["processed"] == len(api.note_keys()) - len(before) == notes["created"]
+    assert_exactly_once(stored, api)
