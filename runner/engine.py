@@ -263,6 +263,8 @@ class _Run:
             yield Page(1, PageRequest(""), with_parent(found or [], parent), None)
             return
         source = templates.fill(self.pipeline.source, {"_parent": parent, "watermark": None}, file=self.pipeline.file)
+        # `concurrency` is the number of parents at once: each parent's pages one after another
+        source = replace(source, concurrency=1)
         reader = SourceReader(source=source, send=self._sender(source), params=dict(source.params))
         for page in reader.pages():
             yield replace(page, records=with_parent(page.records, parent))

@@ -407,11 +407,6 @@ class CountingApi(DemoApi):
                     self.in_flight -= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner/engine.py _child_pages builds each parent's SourceReader with the child's own "
-    "source.concurrency, so a `page`/`offset` child also fetches each parent's pages concurrently "
-    "(a thread pool per parent): up to concurrency x concurrency requests at once, not concurrency"
-))
 def test_a_childs_requests_in_flight_are_at_most_its_concurrency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -464,11 +459,6 @@ def test_a_changed_only_child_killed_in_its_fan_out_is_finished_by_the_next_run_
     assert_exactly_once(stored, api)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner/state/pending.py DryRunPending.pending_work reads the work a killed run left in the "
-    "store, then the work this dry run recorded in memory, without leaving out the parents of the "
-    "first: a parent in both has its children read, and printed, twice"
-))
 def test_a_dry_run_after_a_killed_fan_out_prints_each_intended_child_write_once(
     tmp_path: Path, held_api: Callable[..., HeldApi], spawned: list[subprocess.Popen[bytes]],
 ) -> None:

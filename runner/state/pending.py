@@ -31,11 +31,18 @@ class DryRunPending:
         self._store.commit_page(pipeline, commit)
 
     def pending_work(self, pipeline: str, *, after: int, limit: int) -> list[tuple[int, str, str]]:
-        if after < _MEMORY:
+        """The work a killed run left in the store first, less the parents this dry run
+        recorded again (read once, from memory, with their record as read now); then those."""
+        recorded = self._work.get(pipeline, {})
+        while after < _MEMORY:
             stored = self._store.pending_work(pipeline, after=after, limit=limit)
-            if stored:
-                return stored
-            after = _MEMORY
+            if not stored:
+                after = _MEMORY
+                break
+            left = [row for row in stored if row[1] not in recorded]
+            if left:
+                return left
+            after = stored[-1][0]
         rows = list(self._work.get(pipeline, {}).items())[after - _MEMORY: after - _MEMORY + limit]
         return [(after + n + 1, key, parent) for n, (key, parent) in enumerate(rows)]
 
