@@ -174,8 +174,9 @@ def report(speed: dict[int, list[dict[str, Any]]], memory: dict[int, dict[str, A
         lines.append(f"  speed: {SPEED_PARENTS} parents, {SPEED_LATENCY_MS} ms a request (medians of "
                      f"{len(speed[1])} runs a side)")
         for c in (1, 4):
+            floor = SPEED_PARENTS * SPEED_LATENCY_MS / 1000 / c  # the requests alone, c at a time
             lines.append(
-                f"    concurrency {c}: children {notes[c]:.2f} s ({SPEED_PARENTS / notes[c]:,.0f} parents/s; runs "
+                f"    concurrency {c}: children {notes[c]:.2f} s (floor {floor:.2f} s; runs "
                 f"{_seconds(r['notes_s'] for r in speed[c])}), whole run wall {walls[c]:.2f} s "
                 f"(runs {_seconds(r['wall_s'] for r in speed[c])})"
             )
