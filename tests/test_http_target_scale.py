@@ -588,3 +588,20 @@ def test_the_journal_keeps_answered_writes_at_most_every_interval_with_the_old_c
     assert list(commit.succeeded) == ["1", "2"] and commit.checkpoint == "page-1" and list(commit.failed) == []
     journal.flush()
     assert len(store.commits) == 1 and journal.kept == {"1", "2"}  # nothing new: no empty transaction
+
+
+@pytest.mark.parametrize(
+    ("batch", "valid"),
+    [("  batch: {path: /b, results: results, id_path: id}\n", True), ("  batch: {path: /b}\n", False)],
+)
+def test_a_delete_path_with_target_id_needs_a_batch_that_stores_ids(tmp_path: Path, batch: str, valid: bool) -> None:
+    """`{target_id}` in the delete path is filled from the id a batch's id_path stored; a batch
+    without id_path stores none, so the path is refused at its line."""
+    path = tmp_path / "v.yaml"
+    path.write_text(BASE + batch + "  delete: {method: DELETE, path: \"/contacts/{target_id}\"}\n")
+    if valid:
+        assert load_pipeline(path).target.delete is not None  # type: ignore[union-attr]
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(path)
+    assert "v.yaml:12:" in str(caught.value) and "or a `batch` with id_path stored" in str(caught.value)

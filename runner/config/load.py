@@ -521,10 +521,12 @@ def _delete_problems(data: Any, report: _Report) -> None:
             "an http target has no row to mark deleted: use `mode: hard` (its `delete` request)",
         )
     path = _get(data, ("target", "delete", "path"))
-    if isinstance(path, str) and "{target_id}" in path and "create" not in target:
+    stores_ids = "create" in target or _get(data, ("target", "batch", "id_path")) is not None
+    if isinstance(path, str) and "{target_id}" in path and not stores_ids:
         report.add(
             ("target", "delete", "path"),
-            "{target_id} is the id a `create` (with id_path) stored; without `create` use {external_id}",
+            "{target_id} is the id a `create` (with id_path) or a `batch` with id_path stored; without "
+            "either use {external_id}",
         )
 
 
