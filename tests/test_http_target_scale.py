@@ -605,3 +605,26 @@ def test_a_delete_path_with_target_id_needs_a_batch_that_stores_ids(tmp_path: Pa
     with pytest.raises(ConfigError) as caught:
         load_pipeline(path)
     assert "v.yaml:12:" in str(caught.value) and "or a `batch` with id_path stored" in str(caught.value)
+
+
+def test_the_shipped_batch_pipeline_syncs_the_demo_api_into_the_fake_crm(tmp_path: Path, demo_api: Any) -> None:
+    """pipelines/demo-sync-batch.yaml, pointed at the test's servers: 1,200 records in 12 batch
+    requests, one object each; an upstream change goes out as one batch of one; a re-run writes nothing."""
+    api: DemoApi = demo_api(1200)
+    shipped = Path(__file__).parents[1] / "pipelines" / "demo-sync-batch.yaml"
+    path = tmp_path / "demo-sync-batch.yaml"
+    path.write_text(shipped.read_text().replace(".etl/state.db", str(tmp_path / "state.db")))
+    with FakeCrm() as crm:
+        env = {"DEMO_PORT": str(api.port), "CRM_PORT": str(crm.port)}
+        first = engine.run(path, env=env)
+        assert (first.status, first.counts.created) == ("success", 1200)
+        assert len(crm.writes()) == 12 and {k: len(v) for k, v in by_key(crm).items()} == {
+            str(n): 1 for n in range(1, 1201)
+        }
+        api.update_record(700, name="Changed")
+        second = engine.run(path, env=env)
+        assert (second.counts.updated, second.counts.skipped) == (1, 1199)
+        assert [[i["key"] for i in r.body["inputs"]] for r in crm.writes()[12:]] == [["700"]]
+        assert by_key(crm)["700"][0]["name"] == "Changed" and len(crm.objects) == 1200
+        third = engine.run(path, env=env)
+        assert (third.counts.created, third.counts.updated, len(crm.writes())) == (0, 0, 13)
