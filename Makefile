@@ -23,13 +23,14 @@ demo: install
 # Installs the package with its test extras, runs the gates (ruff, mypy --strict as pyproject.toml
 # configures them), validates the examples, replays their recorded fixtures offline (`etl test`; recorded
 # by scripts/record-fixtures.py), runs the whole suite (pytest's console script does not put
-# the source tree on sys.path: the installed package is tested). Any failure stops with a non-zero exit.
+# the source tree on sys.path: the installed package is tested), one worker per core (pytest-xdist).
+# Any failure stops with a non-zero exit.
 test: install-test
 	$(BIN)/ruff check runner tests bench
 	$(BIN)/mypy
 	$(BIN)/etl validate pipelines/
 	for d in tests/fixtures/pipelines/*/; do $(BIN)/etl test pipelines/$$(basename $$d).yaml --fixtures $$d || exit 1; done
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .etl data
