@@ -169,6 +169,7 @@ class _Run:
         self.halt = threading.Event()  # set when any part fails: every wait ends
         self.counts = Counts()
         self.pages = 0  # pages committed (numbered on from a checkpoint)
+        self.child_pages = 0  # a child resource: its pages read (several go in one plan)
         self.checkpoint = self._checkpoint()
         self.cursor = self._cursor()
         self.sweep = sweep_for(pipeline.target, run_id, dry_run=options.dry_run)  # deletes.missing only
@@ -356,6 +357,7 @@ class _Run:
             try:
                 for batch in batches:
                     held.add(batch)
+                    self.child_pages += batch.page is not None
                     if held.full():
                         submit()
                         held = _ChildPlan(keyer)
@@ -564,7 +566,7 @@ class _Run:
         requests_before, retries_before, started = (0, 0, self.started) if part is None else part.before
         return RunResult(
             run_id=self.record.run_id.partition("/")[0], pipeline=self.pipeline.name.partition("/")[0],
-            status=status, counts=self.counts, pages=self.pages,
+            status=status, counts=self.counts, pages=self.child_pages if self.children is not None else self.pages,
             requests=(client.requests - requests_before if client else 0) + int(getattr(target, "requests", 0)),
             retries=(client.retries - retries_before if client else 0) + int(getattr(target, "retries", 0)),
             elapsed_ms=int((time.monotonic() - started) * 1000),

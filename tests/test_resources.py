@@ -110,6 +110,8 @@ def test_every_child_lands_once_and_a_second_run_writes_nothing(tmp_path: Path, 
     # one request per item for its notes, one page of items; tags made none
     assert sorted(first.resources) == ["items", "notes", "tags"]
     assert first.resources["notes"].requests == 40 and first.resources["tags"].requests == 0
+    # a child's pages are the pages it read (one per item here), however many went in one commit
+    assert first.resources["notes"].pages == 40 and first.resources["tags"].pages == 40
     assert first.requests == 1 + 40
     assert first.counts.created == 40 + len(expected_notes(api)) + len(expected_tags(api))
     # the child record carries its parent: the note's item_id is the parent's id
