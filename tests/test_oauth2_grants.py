@@ -278,7 +278,7 @@ def test_the_refresh_token_rotates_in_memory_only(
     and written nowhere (not in the target, the state or the pipeline file)."""
     server.revoke_next = True  # the first token is refused once: a second grant must use the new refresh token
     path = write(tmp_path, server, REFRESH)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="runner")
     assert engine.run(path, env=ENV, **NO_WAIT).status == "success"
     sent = [r["form"] for r in server.token_requests]
     assert len(sent) == 2 and sent[0]["refresh_token"] == REFRESH_TOKEN
@@ -307,7 +307,7 @@ def test_the_token_endpoint_4xx_names_error_and_description(
     tmp_path: Path, server: TokenServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A refused refresh token: one line with error and error_description; no secret in it or the logs."""
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="runner")
     path = write(tmp_path, server, REFRESH)
     with pytest.raises(FetchError) as caught:
         engine.run(path, env={**ENV, "APP_REFRESH_TOKEN": "refresh-stale-77aa"}, **NO_WAIT)
@@ -332,7 +332,8 @@ def test_no_secret_reaches_a_log_line_at_debug(
     tmp_path: Path, server: TokenServer, rsa_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At DEBUG (headers logged), no access token, client secret, Basic blob, key or assertion shows."""
-    caplog.set_level(logging.DEBUG)
+    # on the `runner` logger itself: an earlier test's `etl` command (log.configure) may have set it to INFO
+    caplog.set_level(logging.DEBUG, logger="runner")
     engine.run(write(tmp_path, server, ZOOM), env=ENV, **NO_WAIT)
     jwt_dir = tmp_path / "jwt"
     jwt_dir.mkdir()
