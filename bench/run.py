@@ -180,17 +180,21 @@ class DemoApi:
         return float("nan")
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 # --- measuring one process -------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a server process; SIGKILL it when it has not ended 15 s later."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def measure(command: list[str], *, cwd: Path, name: str, api: DemoApi) -> dict[str, Any]:

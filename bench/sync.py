@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import select
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from run import stop_process  # bench/run.py (this folder is on sys.path: run.py imports this module)
 
 PYTHON = sys.executable
 START_TIMEOUT_S = 120
@@ -93,14 +94,8 @@ class Server:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
 
 def pipeline_yaml(config: Config, source_url: str, crm_url: str, per_page: int) -> str:
