@@ -13,6 +13,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from runner import log
 from runner.authoring.infer import infer
 from runner.authoring.init import init_pipeline
 from runner.cli import main
@@ -146,6 +147,8 @@ def test_key_headers_and_query_keys_become_variables(tmp_path: Path, monkeypatch
     assert source["auth"] == {"type": "api_key", "name": "X-Api-Key", "value": "${KEYED_API_KEY}"}
     assert source["headers"] == {"Accept": "application/json"}
     assert "hdr-secret-777" not in text
+    # the key is masked from now on in this process; a plain header's value is not a secret
+    assert log.redact("hdr-secret-777 application/json") == "*** application/json"
     _, text = _init(tmp_path, "queried", f"{api.base_url}/items/none?api_key=q-secret-888&sort=updated_at")
     source = yaml.safe_load(text)["source"]
     assert source["auth"] == {"type": "api_key", "name": "api_key", "value": "${QUERIED_API_KEY}", "in": "query"}

@@ -90,8 +90,15 @@ def _parse_headers(headers: Sequence[str]) -> list[tuple[str, str]]:
         if not colon or not name.strip() or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name.strip()):
             raise InitError(f"--header {name.strip()!r}...: write it as 'Name: value'")
         parsed.append((name.strip(), value.strip()))
-        log.add_secrets([value.strip()])  # an error message never shows a header's value
+        if _credential_header(name.strip()):  # an error message never shows a credential's value
+            log.add_secrets([value.strip(), value.strip().rpartition(" ")[2]])
     return parsed
+
+
+def _credential_header(name: str) -> bool:
+    """`Authorization`, or a key-like name: the headers whose values become variables. Only
+    these are secrets: masking `Accept: application/json` would mask that text in every log."""
+    return name.lower() == "authorization" or _KEY_LIKE.search(name) is not None
 
 
 def _fetch(
