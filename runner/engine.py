@@ -174,6 +174,8 @@ class _Run:
         self.cursor = self._cursor()
         self.sweep = sweep_for(pipeline.target, run_id, dry_run=options.dry_run)  # deletes.missing only
         self.source = pipeline.source  # with its templates filled, once `_open` ran
+        # a decimal field is mapped: every reader decodes numbers without losing digits
+        self.exact_numbers = "decimal" in pipeline.mapping.column_types.values()
         self.client: HttpClient | None = None
         self.reader: SourceReader | None = None
         self.children: ChildReader | None = None  # a child resource's reader
@@ -221,7 +223,7 @@ class _Run:
         self.reader = SourceReader(
             source=source, send=self._sender(source), params=params, start=self._start(),
             restart=self._token_expired if isinstance(self.cursor, SyncToken) else None,
-            exact_numbers="decimal" in pipeline.mapping.column_types.values(),
+            exact_numbers=self.exact_numbers,
         )
 
     def _sender(self, source: Source) -> Callable[..., httpx.Response]:
@@ -266,7 +268,9 @@ class _Run:
         source = templates.fill(self.pipeline.source, {"_parent": parent, "watermark": None}, file=self.pipeline.file)
         # `concurrency` is the number of parents at once: each parent's pages one after another
         source = replace(source, concurrency=1)
-        reader = SourceReader(source=source, send=self._sender(source), params=dict(source.params))
+        reader = SourceReader(
+            source=source, send=self._sender(source), params=dict(source.params), exact_numbers=self.exact_numbers
+        )
         for page in reader.pages():
             yield replace(page, records=with_parent(page.records, parent))
 

@@ -267,7 +267,9 @@ class Teams(LocalServer):
                 return
             handler.send_reply(200, json.dumps(self.members(parts[1])).encode())
         elif len(parts) == 3 and parts[0] == "users" and parts[2] == "keys":
-            handler.send_reply(200, json.dumps([{"id": f"{parts[1]}-k1"}, {"id": f"{parts[1]}-k2"}]).encode())
+            # an amount no float holds exactly, written as the JSON text a server sends
+            body = f'[{{"id": "{parts[1]}-k1", "amount": 12345678901234567890.123456789}}, {{"id": "{parts[1]}-k2"}}]'
+            handler.send_reply(200, body.encode())
         elif parts == ["projects"]:
             ok = headers.get("x-team") == "all" and headers.get("accept") == "application/json"
             handler.send_reply(200 if ok else 400, json.dumps([{"id": "p1"}] if ok else {"error": "headers"}).encode())
@@ -326,6 +328,25 @@ def test_a_grandchild_sees_its_parent_and_grandparent(tmp_path: Path, teams: Tea
     failed = state_of(teams_file(tmp_path, teams), "teams/members")["failed"]
     assert [f["external_id"] for f in failed] == ["parent:3"]
     assert "null" in failed[0]["error"]
+
+
+def test_a_childs_decimal_field_keeps_every_digit(tmp_path: Path, teams: Teams) -> None:
+    """A child reads its parents' responses as exactly as a top-level resource does."""
+    keys = {
+        "parent": "members",
+        "source": {"path": "/users/{{ _parent.login }}/keys"},
+        "mapping": {"external_id": "id", "fields": {"amount": {"path": "amount", "type": "decimal"}}},
+    }
+    path = teams_file(
+        tmp_path, teams,
+        teams={"source": {"path": "/teams"}, "mapping": {"external_id": "to_string(id)", "fields": {}}},
+        members={"parent": "teams", "source": {"path": "/teams/{{ _parent.slug }}/members"},
+                 "mapping": {"external_id": "login", "fields": {}}},
+        keys=keys,
+    )
+    run(path)
+    assert rows(tmp_path / "teams.db", "SELECT amount FROM keys WHERE external_id='core-1-k1'") == [
+        ("12345678901234567890.123456789",)]
 
 
 def test_one_token_serves_every_resource(tmp_path: Path, teams: Teams) -> None:
