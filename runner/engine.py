@@ -40,7 +40,7 @@ from runner.extract.reader import Page, SourceReader
 from runner.http.client import HttpClient
 from runner.load.applier import Applier, InlineApplier, ProcessApplier, WriterUnavailable
 from runner.load.apply import PageResult
-from runner.load.deletes import deleted_at, delete_missing, incomplete, sweep_for
+from runner.load.deletes import Sweep, deleted_at, delete_missing, incomplete, sweep_for
 from runner.load.plan import Checkpoint, Planner
 from runner.load.process import Setup
 from runner.load.watermark import Cursor, IncrementalCursor, SyncToken, cursor_for
@@ -206,13 +206,8 @@ class _Run:
             self._open_child(self.part, self.part.child)
             return
         pipeline, source = self.pipeline, self._filled_source()
-        self.client = self.part.client if self.part is not None else HttpClient(
-            timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
-            headers=source.headers, max_response_bytes=source.max_response_bytes,
-            transport=self.options.source_transport, sleep=self._wait,
-            # credentials go to the source's own origin (not a resumed next URL's), and no
-            # request or wait runs past limits.max_seconds
-            origin=source.url, deadline=self.started + source.limits.max_seconds,
+        self.client = self.part.client if self.part is not None else _source_client(
+            source, self.options, sleep=self._wait, started=self.started, headers=source.headers
         )
         self.applier = self._applier()
         if self.checkpoint is not None:
@@ -304,25 +299,34 @@ class _Run:
             self._pump_children(self.children)
             return
         assert self.reader is not None and self.applier is not None
-        int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
-        planner = Planner(
-            self.pipeline.mapping, cursor=self.cursor, pages_before=self.pages, int_range=int_range,
-            deleted_at=deleted_at(self.record.started_at), sweep=self.sweep,
-        )
-        planner.children = self.part.children if self.part is not None else ()
+        applier, planner = self.applier, self._planner(self.cursor, self.sweep)
         pages = prefetch(self.reader.pages(), depth=PREFETCH_PAGES, stop=self.stop)
         with closing(pages):
             try:
                 for page in pages:
-                    self.applier.submit(planner.plan(page))
+                    applier.submit(planner.plan(page))
                     if self.stop.is_set():
                         break
             except BaseException:
                 self.halt.set()  # before the pages are closed: their waits end now
                 raise
         if not self.stop.is_set():
-            self._delete_missing()
-        applier, self.applier = self.applier, None
+            self._delete_missing(applier)
+        self._drain(applier)
+
+    def _planner(self, cursor: Cursor | None, sweep: Sweep | None) -> Planner:
+        """The planner of this run's pages, numbered on from the checkpoint's."""
+        int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
+        planner = Planner(
+            self.pipeline.mapping, cursor=cursor, pages_before=self.pages, int_range=int_range,
+            deleted_at=deleted_at(self.record.started_at), sweep=sweep,
+        )
+        planner.children = self.part.children if self.part is not None else ()
+        return planner
+
+    def _drain(self, applier: Applier) -> None:
+        """Every page handed over is committed; then a signal that stopped the pages ends the run."""
+        self.applier = None
         applier.close()
         if self.stop.is_set():
             raise Interrupted(self.stop.reason)
@@ -336,15 +340,9 @@ class _Run:
         page also removes its recorded work, in the same state transaction; a parent whose
         requests failed gets one failed record, `parent:<key>`."""
         assert self.applier is not None and self.part is not None
-        applier = self.applier
-        int_range = INT64 if isinstance(self.pipeline.target, SqliteTargetConfig) else None
         # deletes.missing: the keys read are marked, with the parent each was read under
         sweep = None if self.options.dry_run else self.sweep
-        planner = Planner(
-            self.pipeline.mapping, cursor=None, int_range=int_range, deleted_at=deleted_at(self.record.started_at),
-            sweep=sweep,
-        )
-        planner.children = self.part.children
+        applier, planner = self.applier, self._planner(None, sweep)
         keyer = Mapper(self.pipeline.mapping).key if sweep is not None else None
         held = _ChildPlan(keyer)
 
@@ -370,53 +368,38 @@ class _Run:
                 if held.records or held.done:
                     submit()
                 if not self.stop.is_set():
-                    self._delete_missing_children(applier)
+                    self._delete_missing(applier)
             except BaseException:
                 self.halt.set()
                 raise
-        self.applier = None
-        applier.close()
-        if self.stop.is_set():
-            raise Interrupted(self.stop.reason)
+        self._drain(applier)
 
-    def _delete_missing_children(self, applier: Applier) -> None:
-        """deletes.missing on a child resource works per parent: the keys last read under a
-        parent whose children this run read completely and not read now, and the keys of a
-        parent the parent resource deleted (`runner.load.deletes`: the guard, the plans)."""
-        if self.sweep is None or self.part is None or self.part.child is None:
-            return
-        if self.options.dry_run:
-            log.event(logger, "deletes.skipped", reason="a dry run of a child resource writes no marks to judge by")
-            return
-        if self.sweep.keyless:
-            log.event(logger, "deletes.skipped", reason=f"{self.sweep.keyless} records failed without a key")
-            return
-        applier.flush()  # the marks of every plan are committed
-        name = self.pipeline.name.rpartition("/")[0]
-        delete_missing(
-            self.store, self.pipeline.name, self.sweep, self.pipeline.target.deletes, self.pipeline.target,
-            submit=applier.submit, last_page=self.pages, deleted_at=deleted_at(self.record.started_at),
-            dry_run=False, stopped=self.stop.is_set, parent=f"{name}/{self.part.child.parent}",
-        )
-
-    def _delete_missing(self) -> None:
+    def _delete_missing(self, applier: Applier) -> None:
         """deletes.missing: once every page is committed, a complete read deletes the keys it
-        did not read (`runner.load.deletes`: the guard, the plans of deletes)."""
-        sweep, applier, reader = self.sweep, self.applier, self.reader
-        if sweep is None or applier is None or reader is None:
+        did not read (`runner.load.deletes`: the guard, the plans of deletes). A child resource
+        is judged per parent: the keys last read under a parent whose children this run read
+        completely and not read now, and the keys of a parent the parent resource deleted."""
+        sweep = self.sweep
+        if sweep is None:
             return
-        reason = incomplete(
-            stopped_by=reader.stopped_by, incremental=self.pipeline.source.incremental is not None,
-            full_refresh=self.options.full_refresh, resumed=self.checkpoint is not None, keyless=sweep.keyless,
-        )
+        child = self.part.child if self.part is not None else None
+        if child is not None and self.options.dry_run:
+            reason: str | None = "a dry run of a child resource writes no marks to judge by"
+        else:  # a child reads each parent's pages to the end: only its keyless failures count
+            reason = incomplete(
+                stopped_by=self.reader.stopped_by if self.reader is not None else None,
+                incremental=self.pipeline.source.incremental is not None, full_refresh=self.options.full_refresh,
+                resumed=self.checkpoint is not None, keyless=sweep.keyless,
+            )
         if reason is not None:
             log.event(logger, "deletes.skipped", reason=reason)
             return
         applier.flush()  # the marks of every page are committed: the unmarked keys are missing
+        parent = None if child is None else f"{self.pipeline.name.rpartition('/')[0]}/{child.parent}"
         delete_missing(
             self.store, self.pipeline.name, sweep, self.pipeline.target.deletes, self.pipeline.target,
             submit=applier.submit, last_page=self.pages, deleted_at=deleted_at(self.record.started_at),
-            dry_run=self.options.dry_run, stopped=self.stop.is_set,
+            dry_run=self.options.dry_run, stopped=self.stop.is_set, parent=parent,
         )
 
     def _close(self, error: EtlError | None) -> EtlError | None:
@@ -553,12 +536,7 @@ class _Run:
         self.store.finish_run(
             self.pipeline.name, record, watermark=saved, clear_checkpoint=done and not keep_checkpoint
         )
-        fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
-        if fields["error"] is None:
-            del fields["error"]
-        if self.part is not None:
-            fields = {"resource": self.part.name, **fields}
-        log.event(logger, "run.summary", level=logging.INFO if done else logging.ERROR, **fields)
+        _log_summary(result, done=done, **({"resource": self.part.name} if self.part is not None else {}))
         if error is not None:
             error.result = result
             raise error
@@ -658,12 +636,8 @@ class _Resources:
 
     def execute(self) -> RunResult:
         pipeline = self.pipeline
-        source = pipeline.resources[0].source
-        client = HttpClient(
-            timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
-            max_response_bytes=source.max_response_bytes, transport=self.options.source_transport,
-            sleep=self._wait, origin=source.url, deadline=self.started + source.limits.max_seconds,
-        )
+        # each resource adds its own headers to its requests (`_Run._sender`)
+        client = _source_client(pipeline.resources[0].source, self.options, sleep=self._wait, started=self.started)
         results: list[tuple[str, RunResult]] = []
         error: EtlError | None = None
         try:
@@ -675,11 +649,7 @@ class _Resources:
         finally:
             client.close()
         total = _summed(pipeline.name, self.run_id, results, error, self.options.dry_run, self.started)
-        fields = {k: v for k, v in total.as_dict().items() if k not in ("run_id", "pipeline")}
-        if fields["error"] is None:
-            del fields["error"]
-        log.event(logger, "run.summary", level=logging.INFO if error is None else logging.ERROR,
-                  resources=len(results), **fields)
+        _log_summary(total, done=error is None, resources=len(results))
         if error is not None:
             error.result = total
             raise error
@@ -711,6 +681,29 @@ class _Resources:
             self.current._wait(seconds)
         else:
             self.options.sleep(seconds)
+
+
+def _source_client(
+    source: Source, options: _Options, *, sleep: Callable[[float], None], started: float,
+    headers: Mapping[str, str] | None = None,
+) -> HttpClient:
+    """The client of a run's source (of all its resources in the resources form)."""
+    return HttpClient(
+        timeout=source.timeout, retry=source.retry, rate_limit=source.rate_limit, auth=source.auth,
+        headers=headers, max_response_bytes=source.max_response_bytes, transport=options.source_transport,
+        sleep=sleep,
+        # credentials go to the source's own origin (not a resumed next URL's), and no
+        # request or wait runs past limits.max_seconds
+        origin=source.url, deadline=started + source.limits.max_seconds,
+    )
+
+
+def _log_summary(result: RunResult, *, done: bool, **extra: Any) -> None:
+    """The `run.summary` line: `extra` first (resource=, resources=), then the result's fields."""
+    fields = {k: v for k, v in result.as_dict().items() if k not in ("run_id", "pipeline")}
+    if fields["error"] is None:
+        del fields["error"]
+    log.event(logger, "run.summary", level=logging.INFO if done else logging.ERROR, **extra, **fields)
 
 
 def _selected(pipeline: Pipeline, only: Sequence[str]) -> list[Resource]:
