@@ -19,7 +19,6 @@ from runner.config.yamlpos import KeyPath
 MERGED_BY_NAME = ("params", "headers")
 # the run's one HTTP client has one auth, one rate limit, one set of timeouts and retries
 SHARED_SOURCE_KEYS = ("auth", "rate_limit", "timeout", "retry", "max_response_bytes")
-URL_KEYS = ("url", "base_url", "path")
 FROM_PARENT_URL = "http://from-parent.invalid/"  # a `from_parent` child makes no request
 TABLE_TARGETS = ("sqlite", "postgres")
 
@@ -110,7 +109,8 @@ def _lay(base: Any, over: Any) -> Any:
         return dict(over)
     laid = dict(base)
     if "url" in over:
-        laid.pop("base_url", None), laid.pop("path", None)
+        laid.pop("base_url", None)
+        laid.pop("path", None)
     elif "base_url" in over or "path" in over:
         laid.pop("url", None)
     for key, value in over.items():

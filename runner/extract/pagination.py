@@ -101,9 +101,6 @@ class PageRequest:
         query = url.query.decode("ascii")
         return f"{url.path}?{query}" if query else url.path
 
-    def with_params(self, **changes: Any) -> PageRequest:
-        return self.paging("query", changes)
-
     def paging(self, location: Location, changes: Mapping[str, Any], *, params: bool = True) -> PageRequest:
         """This request with paging values set where `location` says; `params=False` drops the
         query params that are not among `changes` (`params_first_page_only`)."""
