@@ -43,7 +43,6 @@ one connection pool, and one `rate_limit`, apart from the source's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -60,7 +59,7 @@ from runner.errors import FetchError, TargetError
 from runner.http.transport import LazyTlsTransport
 from runner.model import HttpOperation, HttpTargetConfig
 from runner.targets.base import OnAnswered, Write, WriteResult
-from runner.targets.http_batch import batch_body, batch_key, batch_outcome, every_failed
+from runner.targets.http_batch import batch_body, batch_key, batch_outcome, content_key, every_failed
 from runner.targets.throttle import Throttle, ThrottledTransport
 from runner.targets.writepool import Unit, WritePool
 
@@ -265,11 +264,8 @@ class HttpTarget:
 
 
 def idempotency_key(pipeline: str, role: str, external_id: str, body: Any) -> str:
-    """SHA-256 hex of pipeline, operation, key and canonical JSON body: same content, same key."""
-    canonical = json.dumps(
-        [pipeline, role, external_id, body], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    """A write's Idempotency-Key: of pipeline, operation, key and body (`content_key`)."""
+    return content_key([pipeline, role, external_id, body])
 
 
 def _needs_target_id(operation: HttpOperation) -> bool:

@@ -44,8 +44,12 @@ def batch_body(batch: HttpBatch, writes: Sequence[Write]) -> Any:
 
 
 def batch_key(pipeline: str, writes: Sequence[Write]) -> str:
-    """SHA-256 hex of the pipeline and every (key, record) of the batch, in order."""
-    content = [pipeline, "batch", [[write.external_id, write.record] for write in writes]]
+    """The batch's Idempotency-Key: of the pipeline and every (key, record) of the batch, in order."""
+    return content_key([pipeline, "batch", [[write.external_id, write.record] for write in writes]])
+
+
+def content_key(content: Any) -> str:
+    """SHA-256 hex of `content` as canonical JSON: the same content, the same Idempotency-Key."""
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
